@@ -1,0 +1,5 @@
+"""`python -m torrentfs` runs the command-line interface."""
+
+from torrentfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,457 @@
+"""Making v1 torrents from files on disk (BEP 3; L4: worker threads and file I/O).
+
+What this module guarantees:
+
+* **Layout** -- a regular file becomes a single-file torrent (``length``); a directory becomes a
+  multi-file torrent (``files``) even when it holds one file, as mktorrent and libtorrent do.
+  Files are listed in sorted order of their path components (code-point order, which equals
+  UTF-8 byte order), so the same tree always gives the same info-hash. Hidden files are
+  included; zero-length files are included (they take no bytes of any piece); empty directories
+  vanish (BEP 3 lists files, not directories). Symbolic links inside a directory are *not
+  followed and not stored*: following them could leave the tree or loop, and storing them needs
+  BEP 47 ``attr`` that older clients ignore; they are reported in `SourceTree.skipped`, as are
+  sockets, FIFOs and devices. The path given at the top is followed if it is a link (the user
+  named it). Names must be valid UTF-8 (``name`` and ``path`` are UTF-8 strings in BEP 3).
+* **Pieces** -- SHA-1 of every ``piece length`` bytes of the files' concatenation (pieces span
+  file boundaries, the last piece is short). One reader (the calling thread) reads the files
+  sequentially -- good for spinning disks and for the kernel's readahead -- into a small pool of
+  reusable buffers; worker threads hash whole buffers. `hashlib` releases the GIL for buffers
+  over 2 KiB, so the hashing really runs in parallel, and nothing is copied between the read
+  and the hash. A file that shrinks or grows while it is hashed is an error, never a torrent
+  with silently wrong hashes.
+* **Piece length** -- `choose_piece_length` picks the smallest power of two from 16 KiB to
+  16 MiB that gives at most 2000 pieces (so usually 1000--2000), the range mainstream creators
+  aim for (Transmission ~1000-2000, libtorrent's sqrt rule, mktorrent's size table). Explicit
+  lengths must be powers of two from 16 KiB (BEP 3 block size) to 64 MiB.
+* **Errors** -- every anticipated failure (missing source, unreadable file, bad name, nothing to
+  share, bad URL) is a `CreateError` naming the path and the problem.
+
+Only v1 torrents are made: v2 (BEP 52) hashing is not implemented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from . import __version__
+from .bencode import encode
+from .errors import TorrentfsError
+from .types import BLOCK_SIZE
+
+__all__ = [
+    "DEFAULT_CREATED_BY",
+    "MAX_AUTO_PIECE_LENGTH",
+    "MAX_PIECE_LENGTH",
+    "MIN_PIECE_LENGTH",
+    "CreateError",
+    "SourceFile",
+    "SourceTree",
+    "build_torrent",
+    "choose_piece_length",
+    "default_threads",
+    "hash_pieces",
+    "make_torrent",
+    "scan_source",
+]
+
+MIN_PIECE_LENGTH = BLOCK_SIZE
+"""16 KiB: a piece holds at least one request-sized block (BEP 3 clients request 16 KiB)."""
+
+MAX_AUTO_PIECE_LENGTH = 16 * 1024 * 1024
+"""The largest piece length chosen automatically (very large torrents get more pieces instead)."""
+
+MAX_PIECE_LENGTH = 64 * 1024 * 1024
+"""The largest explicit piece length accepted; beyond it many clients refuse the torrent."""
+
+TARGET_MAX_PIECES = 2000
+"""The automatic piece length keeps the piece count at or below this (and above half of it)."""
+
+DEFAULT_CREATED_BY = f"torrentfs {__version__}"
+
+_CHUNK_TARGET = 4 * 1024 * 1024
+"""Bytes per read: large enough for few syscalls and GIL-free hashing, small enough to share."""
+
+
+class CreateError(TorrentfsError):
+    """The torrent cannot be made: a missing or unreadable source, a bad name or option."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file to include: `path` relative to the torrent root (``(name,)`` if single-file)."""
+
+    path: tuple[str, ...]
+    fs_path: str
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTree:
+    """What `scan_source` found: the files in torrent order and what it left out (and why)."""
+
+    name: str
+    files: tuple[SourceFile, ...]
+    multi_file: bool
+    skipped: tuple[tuple[str, str], ...] = ()
+    """``(fs_path, reason)`` of symbolic links and special files not included."""
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.length for f in self.files)
+
+
+def default_threads() -> int:
+    """Hashing threads: one per CPU this process may run on (the reader is extra), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def choose_piece_length(total_size: int) -> int:
+    """The smallest power of two in [16 KiB, 16 MiB] giving at most `TARGET_MAX_PIECES` pieces."""
+    length = MIN_PIECE_LENGTH
+    while length < MAX_AUTO_PIECE_LENGTH and -(-total_size // length) > TARGET_MAX_PIECES:
+        length *= 2
+    return length
+
+
+def check_piece_length(piece_length: int) -> None:
+    """Raise `CreateError` unless `piece_length` is a power of two in the accepted range."""
+    if (
+        piece_length < MIN_PIECE_LENGTH
+        or piece_length > MAX_PIECE_LENGTH
+        or piece_length & (piece_length - 1)
+    ):
+        raise CreateError(
+            f"piece length {piece_length} must be a power of two from "
+            f"{MIN_PIECE_LENGTH} (16 KiB) to {MAX_PIECE_LENGTH} (64 MiB)"
+        )
+
+
+def _check_name(component: str, where: str) -> None:
+    try:
+        component.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CreateError(f"{where}: file name is not valid UTF-8") from None
+    if component in ("", ".", "..") or "/" in component or "\0" in component:
+        raise CreateError(f"{where}: unusable name {component!r}")
+
+
+def scan_source(path: str | os.PathLike[str], *, name: str | None = None) -> SourceTree:
+    """List the files a torrent of `path` holds, in torrent order (see the module docstring)."""
+    top = os.fspath(path)
+    try:
+        st = os.stat(top)
+    except OSError as e:
+        raise CreateError(f"{top}: {e.strerror or e}") from None
+    if name is None:
+        name = os.path.basename(os.path.abspath(top))
+    _check_name(name, top)
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size == 0:
+            raise CreateError(f"{top}: file is empty; a torrent needs at least one byte")
+        return SourceTree(name, (SourceFile((name,), top, st.st_size),), multi_file=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise CreateError(f"{top}: not a regular file or directory")
+    files: list[SourceFile] = []
+    skipped: list[tuple[str, str]] = []
+    # An explicit stack, not recursion: directory depth is not bounded by Python's stack.
+    stack: list[tuple[str, tuple[str, ...]]] = [(top, ())]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError as e:
+            raise CreateError(f"{directory}: {e.strerror or e}") from None
+        for entry in entries:
+            rel = (*prefix, entry.name)
+            _check_name(entry.name, entry.path)
+            try:
+                if entry.is_symlink():
+                    skipped.append((entry.path, "symbolic link"))
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, rel))
+                elif entry.is_file(follow_symlinks=False):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    files.append(SourceFile(rel, entry.path, size))
+                else:
+                    skipped.append((entry.path, "not a regular file"))
+            except OSError as e:
+                raise CreateError(f"{entry.path}: {e.strerror or e}") from None
+    files.sort(key=lambda f: f.path)
+    skipped.sort()
+    if not files:
+        raise CreateError(f"{top}: no files to share")
+    tree = SourceTree(name, tuple(files), multi_file=True, skipped=tuple(skipped))
+    if tree.total_size == 0:
+        raise CreateError(f"{top}: all files are empty; a torrent needs at least one byte")
+    return tree
+
+
+class _SequentialReader:
+    """Fills buffers with the concatenation of `files`, one open file at a time."""
+
+    def __init__(self, files: Sequence[SourceFile]) -> None:
+        self._files: Iterator[SourceFile] = iter([f for f in files if f.length])
+        self._current: SourceFile | None = None
+        self._fd = -1
+        self._remaining = 0
+
+    def _open_next(self) -> bool:
+        self.close()
+        nxt = next(self._files, None)
+        if nxt is None:
+            return False
+        try:
+            self._fd = os.open(nxt.fs_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CreateError(f"{nxt.fs_path}: {e.strerror or e}") from None
+        try:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError):  # pragma: no cover - advice only
+            pass
+        self._current = nxt
+        self._remaining = nxt.length
+        return True
+
+    def fill(self, buf: memoryview) -> int:
+        """Read up to ``len(buf)`` bytes into `buf`; fewer only at the end of the last file."""
+        pos, size = 0, len(buf)
+        while pos < size:
+            if self._remaining == 0 and not self._open_next():
+                break
+            current = self._current
+            assert current is not None
+            want = min(size - pos, self._remaining)
+            try:
+                got = os.readv(self._fd, [buf[pos : pos + want]])
+            except OSError as e:
+                raise CreateError(f"{current.fs_path}: {e.strerror or e}") from None
+            if got == 0:
+                raise CreateError(f"{current.fs_path}: file shrank while it was being hashed")
+            pos += got
+            self._remaining -= got
+            if self._remaining == 0:
+                self._check_unchanged()
+        return pos
+
+    def _check_unchanged(self) -> None:
+        current = self._current
+        assert current is not None
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as e:  # pragma: no cover - fstat on an open fd
+            raise CreateError(f"{current.fs_path}: {e.strerror or e}") from None
+        if size != current.length:
+            raise CreateError(f"{current.fs_path}: file changed size while it was being hashed")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._current = None
+
+
+def hash_pieces(
+    files: Sequence[SourceFile],
+    piece_length: int,
+    *,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> bytes:
+    """The concatenated 20-byte SHA-1 of every piece of `files` laid end to end (BEP 3).
+
+    The calling thread reads; `threads` workers (default `default_threads`) hash. `progress`, if
+    given, is called in the calling thread with the number of bytes hashed so far, after every
+    chunk and once at the end with the total. An interrupt (KeyboardInterrupt) stops the workers.
+    """
+    if piece_length <= 0:
+        raise CreateError(f"piece length {piece_length} must be positive")
+    total = sum(f.length for f in files)
+    num_pieces = -(-total // piece_length)
+    digests = bytearray(20 * num_pieces)
+    if num_pieces == 0:
+        return b""
+    workers = max(1, threads if threads is not None else default_threads())
+    pieces_per_chunk = max(1, _CHUNK_TARGET // piece_length)
+    chunk_size = pieces_per_chunk * piece_length
+    num_chunks = -(-total // chunk_size)
+    workers = min(workers, num_chunks)
+    # Enough buffers that the reader never waits on a busy worker, and no more: memory stays
+    # bounded at (workers + 2) chunks whatever the torrent's size.
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(min(workers + 2, num_chunks)):
+        free.put(bytearray(chunk_size))
+    work: queue.SimpleQueue[tuple[int, bytearray, int] | None] = queue.SimpleQueue()
+    done_lock = threading.Lock()
+    done = [0]
+    failures: list[BaseException] = []
+    sha1 = hashlib.sha1
+
+    def worker() -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            chunk, buf, nbytes = item
+            try:
+                view = memoryview(buf)[:nbytes]
+                out = chunk * pieces_per_chunk * 20
+                for start in range(0, nbytes, piece_length):
+                    digests[out : out + 20] = sha1(view[start : start + piece_length]).digest()
+                    out += 20
+                view.release()
+            except BaseException as e:  # pragma: no cover - hashing does not fail
+                failures.append(e)
+            with done_lock:
+                done[0] += nbytes
+            free.put(buf)
+
+    pool = [
+        threading.Thread(target=worker, name=f"torrentfs-hash-{i}", daemon=True)
+        for i in range(workers)
+    ]
+    for t in pool:
+        t.start()
+    reader = _SequentialReader(files)
+    try:
+        for chunk in range(num_chunks):
+            buf = free.get()
+            if failures:  # pragma: no cover - see worker
+                raise failures[0]
+            nbytes = reader.fill(memoryview(buf)[:chunk_size])
+            if nbytes != min(chunk_size, total - chunk * chunk_size):  # pragma: no cover
+                raise CreateError("files changed while they were being hashed")
+            work.put((chunk, buf, nbytes))
+            if progress is not None:
+                progress(done[0])
+    finally:
+        reader.close()
+        for _ in pool:
+            work.put(None)
+    for t in pool:
+        t.join()
+    if failures:  # pragma: no cover - see worker
+        raise failures[0]
+    if progress is not None:
+        progress(total)
+    return bytes(digests)
+
+
+def _check_url(url: str, what: str, schemes: frozenset[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes or not parts.netloc or any(c.isspace() for c in url):
+        allowed = ", ".join(sorted(schemes))
+        raise CreateError(f"{what} {url!r} is not a URL ({allowed})")
+
+
+_TRACKER_SCHEMES = frozenset({"http", "https", "udp", "ws", "wss"})
+_WEB_SEED_SCHEMES = frozenset({"http", "https", "ftp"})
+
+
+def build_torrent(
+    tree: SourceTree,
+    piece_length: int,
+    pieces: bytes,
+    *,
+    trackers: Sequence[str] = (),
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    comment: str | None = None,
+    created_by: str | None = DEFAULT_CREATED_BY,
+    creation_date: int | None = None,
+) -> bytes:
+    """The bencoded .torrent for `tree` with the given hashes.
+
+    Each tracker is its own tier (BEP 12) and the first is also ``announce`` (for BEP 3-only
+    clients); ``announce-list`` is written only when there is more than one tracker, as
+    mktorrent does. Web seeds go to ``url-list`` (BEP 19). ``private`` is BEP 27.
+    """
+    for url in trackers:
+        _check_url(url, "tracker", _TRACKER_SCHEMES)
+    for url in web_seeds:
+        _check_url(url, "web seed", _WEB_SEED_SCHEMES)
+    info: dict[bytes, object] = {
+        b"name": tree.name.encode(),
+        b"piece length": piece_length,
+        b"pieces": pieces,
+    }
+    if tree.multi_file:
+        info[b"files"] = [
+            {b"length": f.length, b"path": [c.encode() for c in f.path]} for f in tree.files
+        ]
+    else:
+        info[b"length"] = tree.files[0].length
+    if private:
+        info[b"private"] = 1
+    torrent: dict[bytes, object] = {b"info": info}
+    if trackers:
+        torrent[b"announce"] = trackers[0].encode()
+        if len(trackers) > 1:
+            torrent[b"announce-list"] = [[url.encode()] for url in trackers]
+    if web_seeds:
+        torrent[b"url-list"] = [url.encode() for url in web_seeds]
+    if comment:
+        torrent[b"comment"] = comment.encode()
+    if created_by:
+        torrent[b"created by"] = created_by.encode()
+    if creation_date is not None:
+        torrent[b"creation date"] = creation_date
+    return encode(torrent)
+
+
+def make_torrent(
+    path: str | os.PathLike[str],
+    *,
+    trackers: Sequence[str] = (),
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    piece_length: int | None = None,
+    comment: str | None = None,
+    name: str | None = None,
+    created_by: str | None = DEFAULT_CREATED_BY,
+    creation_date: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[bytes, SourceTree]:
+    """Scan, hash and encode: the .torrent bytes of `path` and the tree they describe.
+
+    `progress(done, total)` is called from the calling thread while hashing. `creation_date` is
+    seconds since the epoch, or None to leave it out (reproducible torrents).
+    """
+    tree = scan_source(path, name=name)
+    if piece_length is None:
+        piece_length = choose_piece_length(tree.total_size)
+    else:
+        check_piece_length(piece_length)
+    # URLs are checked before the (possibly long) hashing, not after.
+    build_torrent(tree, piece_length, b"", trackers=trackers, web_seeds=web_seeds)
+    total = tree.total_size
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    pieces = hash_pieces(tree.files, piece_length, threads=threads, progress=report)
+    data = build_torrent(
+        tree,
+        piece_length,
+        pieces,
+        trackers=trackers,
+        web_seeds=web_seeds,
+        private=private,
+        comment=comment,
+        created_by=created_by,
+        creation_date=creation_date,
+    )
+    return data, tree

@@ -142,7 +142,7 @@ def layouts(draw: st.DrawFn) -> tuple[int, list[int]]:
     return piece_length, lengths
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(layouts())
 def test_slices_tile_every_piece_in_order(layout: tuple[int, list[int]]) -> None:
     piece_length, lengths = layout
@@ -166,7 +166,7 @@ def test_slices_tile_every_piece_in_order(layout: tuple[int, list[int]]) -> None
     assert covered == g.total_size
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(layouts(), st.data())
 def test_pieces_for_range_is_minimal_and_covering(
     layout: tuple[int, list[int]], data: st.DataObject
@@ -187,7 +187,7 @@ def test_pieces_for_range_is_minimal_and_covering(
     assert g.piece_at(first_byte) == r.start and g.piece_at(last_byte) == last
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(layouts())
 def test_file_pieces_cover_the_file_and_file_at_inverts(layout: tuple[int, list[int]]) -> None:
     piece_length, lengths = layout
@@ -209,7 +209,7 @@ def test_file_pieces_cover_the_file_and_file_at_inverts(layout: tuple[int, list[
             assert g.file_offset(f) <= probe < g.file_offset(f) + g.file_length(f)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(layouts())
 def test_blocks_tile_pieces(layout: tuple[int, list[int]]) -> None:
     piece_length, lengths = layout

@@ -292,7 +292,7 @@ magnetish = st.lists(
 ).map(lambda parts: "magnet:?" + "&".join(parts))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.one_of(magnetish, st.text(max_size=6)), min_size=1, max_size=3).map("".join))
 def test_magnet_shaped_garbage_only_raises_magnet_error(uri: str) -> None:
     try:

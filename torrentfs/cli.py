@@ -1,10 +1,535 @@
-"""Command-line interface (L6): `torrentfs info|magnet|make|download|seed|...`."""
+"""Command-line interface (L6): ``torrentfs info|magnet|make|download|seed …``.
+
+The dispatcher owns exit statuses and the one-line error contract (DESIGN.md rule 8):
+
+* 0 on success; 2 for every user error -- argparse usage errors, and any `TorrentfsError`,
+  printed as ONE line ``torrentfs: <file>: <problem>`` on stderr, never a traceback;
+* 130 on Ctrl-C; anything else escaping a command is a bug: a short traceback and status 70.
+
+Each subcommand is one small parser-builder plus one ``cmd_*(args) -> int`` function. Builders
+living in other modules are listed in `EXTERNAL_COMMANDS` and imported only when their command
+runs, so ``torrentfs info`` does not pay for importing trio. An argv whose first word is not a
+subcommand or an option is the mount form ``torrentfs METAINFO_DIR MOUNTPOINT``, handed to
+``torrentfs.app.main_mount(argv)`` (imported lazily: the mount needs pyfuse3).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
+import os
+import re
 import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .bencode import DEFAULT_MAX_SIZE
+from .create import DEFAULT_CREATED_BY, create_torrent, default_threads, scan_source
+from .errors import MagnetError, MetainfoError, TorrentfsError, UnsupportedTorrent
+from .magnet import Magnet, magnet_from_metainfo, parse_magnet
+from .metainfo import Metainfo, parse_metainfo
+from .progress import ProgressBar, format_size
+
+__all__ = ["EXTERNAL_COMMANDS", "CliError", "build_parser", "load_source", "main"]
+
+PROG = "torrentfs"
+EXIT_USAGE = 2
+EXIT_BUG = 70  # EX_SOFTWARE
+EXIT_INTERRUPTED = 130
+
+_SubParsers = Any  # argparse._SubParsersAction is private; its type is not worth importing.
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("torrentfs: not yet", file=sys.stderr)
-    return 2
+class CliError(TorrentfsError):
+    """A user error found by the command line itself (bad file, bad option, existing output)."""
+
+
+# -- dispatcher -------------------------------------------------------------------------------
+
+EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "download": (
+        "torrentfs.engine_cli",
+        "build_download_parser",
+        "download a whole torrent to a directory",
+    ),
+    "seed": (
+        "torrentfs.engine_cli",
+        "build_seed_parser",
+        "verify local data and seed it until interrupted",
+    ),
+}
+"""Subcommand -> (module, parser builder, help). The builder adds its subparser with
+``set_defaults(func=cmd)`` where ``cmd(args) -> int``."""
+
+
+def _local_commands() -> dict[str, Callable[[_SubParsers], None]]:
+    return {"info": _build_info_parser, "magnet": _build_magnet_parser, "make": _build_make_parser}
+
+
+def known_commands() -> set[str]:
+    return set(_local_commands()) | set(EXTERNAL_COMMANDS)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s external builder (if any) is imported, others are stubs."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A FUSE filesystem that shows BitTorrent torrents as files; and tools.",
+        epilog=f"mount form: {PROG} METAINFO_DIR MOUNTPOINT",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for build in _local_commands().values():
+        build(sub)
+    for name, (module_name, builder, help_text) in EXTERNAL_COMMANDS.items():
+        if name == command:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as e:
+                if e.name != module_name:
+                    raise
+                raise CliError(f"{name}: this command is not available yet") from None
+            getattr(module, builder)(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _main_mount(argv: list[str]) -> int:
+    try:
+        app = importlib.import_module("torrentfs.app")
+    except ModuleNotFoundError as e:
+        if e.name != "torrentfs.app":
+            raise
+        print(f"{PROG}: mounting is not available yet", file=sys.stderr)
+        return EXIT_USAGE
+    result: int = app.main_mount(argv)
+    return result
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "error"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and not args[0].startswith("-") and args[0] not in known_commands():
+            return _main_mount(args)
+        command = args[0] if args else None
+        namespace = build_parser(command).parse_args(args)
+        result: int = namespace.func(namespace)
+        return result
+    except SystemExit as e:  # argparse: --help/--version (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except TorrentfsError as e:
+        print(f"{PROG}: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `torrentfs info x | head`: the reader left; not an error worth a traceback.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except Exception:
+        print(f"{PROG}: internal error (this is a bug):", file=sys.stderr)
+        traceback.print_exc(limit=6, file=sys.stderr)
+        return EXIT_BUG
+
+
+# -- loading torrents and magnets -------------------------------------------------------------
+
+
+def load_source(arg: str) -> Metainfo | Magnet:
+    """A .torrent file, a file holding a magnet URI, or a magnet URI itself.
+
+    Raises `CliError` naming `arg` and the problem (missing, unreadable, too large, invalid).
+    """
+    if arg.lstrip()[:7].lower() == "magnet:":
+        return _parse_magnet_text(arg, arg)
+    try:
+        with open(arg, "rb") as f:
+            data = f.read(DEFAULT_MAX_SIZE + 1)
+    except OSError as e:
+        raise CliError(f"{arg}: {e.strerror or e}") from None
+    if len(data) > DEFAULT_MAX_SIZE:
+        raise CliError(f"{arg}: too large for a torrent (over {format_size(DEFAULT_MAX_SIZE)})")
+    if data.lstrip()[:7].lower() == b"magnet:":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CliError(f"{arg}: invalid magnet: not UTF-8 text") from None
+        return _parse_magnet_text(text, arg)
+    try:
+        return parse_metainfo(data)
+    except UnsupportedTorrent as e:
+        raise CliError(f"{arg}: unsupported torrent: {e}") from None
+    except MetainfoError as e:
+        raise CliError(f"{arg}: invalid torrent: {e}") from None
+
+
+def _parse_magnet_text(text: str, where: str) -> Magnet:
+    if where == text and len(where) > 60:
+        where = where[:57] + "..."
+    try:
+        return parse_magnet(text.strip())
+    except MagnetError as e:
+        raise CliError(f"{where}: invalid magnet: {e}") from None
+
+
+# -- info -------------------------------------------------------------------------------------
+
+
+def _build_info_parser(sub: _SubParsers) -> None:
+    p = sub.add_parser("info", help="show what a .torrent (or magnet) holds")
+    p.add_argument("file", metavar="FILE", help=".torrent file, .magnet file or magnet URI")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    source = load_source(args.file)
+    if args.json:
+        obj = info_json(source)
+        print(_json_dumps(obj))
+    else:
+        lines = info_lines(source) if isinstance(source, Metainfo) else magnet_lines(source)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+def info_json(source: Metainfo | Magnet) -> dict[str, object]:
+    """The ``info --json`` object; keys are the same for torrents and magnets (None if unknown)."""
+    if isinstance(source, Magnet):
+        return {
+            "kind": "magnet",
+            "info_hash": source.info_hash.hex() if source.info_hash else None,
+            "info_hash_v2": source.info_hash_v2.hex() if source.info_hash_v2 else None,
+            "name": source.display_name,
+            "total_size": None,
+            "piece_length": None,
+            "num_pieces": None,
+            "private": None,
+            "trackers": [[url] for url in source.trackers],
+            "web_seeds": list(source.web_seeds),
+            "peers": [[host, port] for host, port in source.peers],
+            "select_only": list(source.select_only) if source.select_only is not None else None,
+            "files": None,
+        }
+    m = source
+    return {
+        "kind": "torrent",
+        "info_hash": m.info_hash.hex(),
+        "info_hash_v2": m.info_hash_v2.hex() if m.info_hash_v2 else None,
+        "name": m.name,
+        "total_size": m.total_size,
+        "piece_length": m.piece_length,
+        "num_pieces": m.num_pieces,
+        "private": m.private,
+        "multi_file": m.multi_file,
+        "trackers": [list(tier) for tier in m.trackers],
+        "web_seeds": list(m.web_seeds),
+        "dht_nodes": [[host, port] for host, port in m.dht_nodes],
+        "creation_date": m.creation_date,
+        "comment": m.comment,
+        "created_by": m.created_by,
+        "files": [{"path": "/".join(f.path), "size": f.length} for f in m.visible_files()],
+    }
+
+
+_C1_CONTROLS = re.compile("[\x7f-\x9f]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _json_dumps(obj: object) -> str:
+    # Non-ASCII stays readable; C1 controls (which some terminals obey) are escaped -- they can
+    # only occur inside JSON strings, so escaping them keeps the JSON valid.
+    text = json.dumps(obj, ensure_ascii=False, indent=2)
+    return _C1_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _show(text: str) -> str:
+    """Untrusted text made safe for a terminal (no escape sequences)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _size(n: int) -> str:
+    return f"{format_size(n)} ({n:,} bytes)" if n >= 1024 else f"{n} bytes"
+
+
+def _date(seconds: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return str(seconds)
+
+
+def _field_lines(label: str, values: Sequence[str]) -> list[str]:
+    head = f"{label + ':':<14}"
+    if not values:
+        return [head + "-"]
+    return [head + values[0]] + [" " * 14 + v for v in values[1:]]
+
+
+def info_lines(m: Metainfo) -> list[str]:
+    """The human-readable ``info`` output of a torrent."""
+    lines = [f"{'name:':<14}{_show(m.name)}", f"{'info hash:':<14}{m.info_hash.hex()}"]
+    if m.info_hash_v2:
+        lines.append(f"{'info hash v2:':<14}{m.info_hash_v2.hex()}  (hybrid v1+v2)")
+    lines.append(f"{'total size:':<14}{_size(m.total_size)}")
+    lines.append(
+        f"{'pieces:':<14}{m.num_pieces:,} x {format_size(m.piece_length)} ({m.piece_length} bytes)"
+    )
+    lines.append(f"{'private:':<14}{'yes' if m.private else 'no'}")
+    tiers = [
+        f"tier {n}: " + "  ".join(_show(url) for url in tier)
+        for n, tier in enumerate(m.trackers, 1)
+    ]
+    lines += _field_lines("trackers", tiers)
+    lines += _field_lines("web seeds", [_show(url) for url in m.web_seeds])
+    if m.dht_nodes:
+        lines += _field_lines("dht nodes", [f"{_show(h)}:{p}" for h, p in m.dht_nodes])
+    if m.creation_date is not None:
+        lines.append(f"{'created:':<14}{_date(m.creation_date)}")
+    if m.created_by:
+        lines.append(f"{'created by:':<14}{_show(m.created_by)}")
+    if m.comment:
+        lines.append(f"{'comment:':<14}{_show(m.comment)}")
+    visible = m.visible_files()
+    noun = "file" if len(visible) == 1 else "files"
+    lines.append(
+        f"{'files:':<14}{len(visible):,} {noun}"
+        + (" in " + _show(m.name) + "/" if m.multi_file else "")
+    )
+    sizes = [format_size(f.length) for f in visible]
+    width = max((len(s) for s in sizes), default=0)
+    for f, s in zip(visible, sizes, strict=True):
+        lines.append(f"  {s:>{width}}  {_show('/'.join(f.path))}")
+    return lines
+
+
+def magnet_lines(m: Magnet) -> list[str]:
+    """The human-readable ``info`` output of a magnet link (what the link itself says)."""
+    lines = [f"{'magnet:':<14}metadata not fetched; this is what the link says"]
+    lines.append(f"{'name:':<14}{_show(m.display_name) if m.display_name else '-'}")
+    lines.append(f"{'info hash:':<14}{m.info_hash.hex() if m.info_hash else '-'}")
+    if m.info_hash_v2:
+        lines.append(f"{'info hash v2:':<14}{m.info_hash_v2.hex()}")
+    lines += _field_lines("trackers", [_show(url) for url in m.trackers])
+    lines += _field_lines("web seeds", [_show(url) for url in m.web_seeds])
+    if m.peers:
+        lines += _field_lines(
+            "peers", [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in m.peers]
+        )
+    if m.select_only is not None:
+        lines.append(f"{'select only:':<14}{', '.join(map(str, m.select_only))}")
+    return lines
+
+
+# -- magnet -----------------------------------------------------------------------------------
+
+
+def _build_magnet_parser(sub: _SubParsers) -> None:
+    p = sub.add_parser("magnet", help="print the magnet URI of a .torrent")
+    p.add_argument("file", metavar="FILE", help=".torrent file (or a magnet, normalised)")
+    p.set_defaults(func=cmd_magnet)
+
+
+def cmd_magnet(args: argparse.Namespace) -> int:
+    source = load_source(args.file)
+    uri = source.to_uri() if isinstance(source, Magnet) else magnet_from_metainfo(source)
+    print(uri)
+    return 0
+
+
+# -- make -------------------------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``262144``, ``256K``, ``256KiB``, ``1M``, ``1MiB`` -> bytes (binary units)."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 262144, 256K, 1M)")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def _build_make_parser(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "make",
+        help="make a v1 .torrent of a file or directory",
+        description=(
+            "Make a BitTorrent v1 torrent. Directories: every regular file, hidden ones too, "
+            "sorted by path; empty directories are left out; symbolic links and special files "
+            "are skipped (with a warning), never followed."
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="file or directory to share")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="output file, '-' for stdout (default: NAME.torrent)"
+    )
+    p.add_argument(
+        "-a",
+        "--announce",
+        metavar="TRACKER",
+        action="append",
+        default=[],
+        help="tracker URL; repeat for more, each in its own tier",
+    )
+    p.add_argument(
+        "-w",
+        "--web-seed",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="web seed URL (BEP 19); repeatable",
+    )
+    p.add_argument("-p", "--private", action="store_true", help="set the private flag (BEP 27)")
+    p.add_argument(
+        "-l",
+        "--piece-length",
+        metavar="BYTES",
+        type=parse_size,
+        help="piece length, a power of two (e.g. 262144, 256K, 1M); "
+        "default: chosen for 1000-2000 pieces",
+    )
+    p.add_argument("-c", "--comment", metavar="TEXT")
+    p.add_argument("-n", "--name", metavar="NAME", help="torrent name (default: PATH's name)")
+    p.add_argument("-d", "--no-date", action="store_true", help="leave out the creation date")
+    p.add_argument(
+        "--created-by",
+        metavar="TEXT",
+        default=DEFAULT_CREATED_BY,
+        help=f"'created by' text, '' to leave out (default: {DEFAULT_CREATED_BY!r})",
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help=f"hashing threads (default: {default_threads()})",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_make)
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    tree = scan_source(args.path, name=args.name)
+    out: str = args.output if args.output is not None else f"{tree.name}.torrent"
+    output = None if out == "-" else _Output(out, force=args.force, source=args.path)
+    try:
+        _warn_skipped(tree.skipped)
+        with ProgressBar(tree.total_size, label=f"hashing {_show(tree.name)}") as bar:
+            data = create_torrent(
+                tree,
+                trackers=args.announce,
+                web_seeds=args.web_seed,
+                private=args.private,
+                piece_length=args.piece_length,
+                comment=args.comment,
+                created_by=args.created_by or None,
+                creation_date=None if args.no_date else int(time.time()),
+                threads=args.threads,
+                progress=lambda done, _total: bar.update(done),
+            )
+        if output is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            output.commit(data)
+    finally:
+        if output is not None:
+            output.discard()
+    m = parse_metainfo(data)
+    summary = (
+        f"{out if output else '(stdout)'}: {_show(m.name)}, {len(m.visible_files()):,} "
+        f"file(s), {format_size(m.total_size)}, {m.num_pieces:,} pieces of "
+        f"{format_size(m.piece_length)}, info hash {m.info_hash.hex()}"
+    )
+    print(summary, file=sys.stderr if output is None else sys.stdout)
+    return 0
+
+
+def _warn_skipped(skipped: Sequence[tuple[str, str]], shown: int = 5) -> None:
+    for path, reason in skipped[:shown]:
+        print(f"{PROG}: warning: skipped {reason}: {_show(path)}", file=sys.stderr)
+    if len(skipped) > shown:
+        print(f"{PROG}: warning: skipped {len(skipped) - shown} more", file=sys.stderr)
+
+
+class _Output:
+    """The -o file: a temporary file next to it is created *before* hashing (so an unwritable
+    destination fails at once, not after an hour of hashing) and renamed into place at the end
+    (so a crash or Ctrl-C never leaves a truncated .torrent)."""
+
+    def __init__(self, path: str, *, force: bool, source: str) -> None:
+        self.path = path
+        self.force = force
+        if os.path.isdir(path):
+            raise CliError(f"{path}: is a directory")
+        if os.path.lexists(path):
+            if not force:
+                raise CliError(f"{path}: already exists (use --force to overwrite)")
+            if _inside(path, source):
+                raise CliError(f"{path}: refusing to overwrite a file being shared")
+        directory = os.path.dirname(path) or "."
+        try:
+            fd, self._temp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part"
+            )
+        except OSError as e:
+            raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
+        self._file = os.fdopen(fd, "wb")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a .torrent is not one
+
+    def commit(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+            self._file.close()
+            if not self.force and os.path.lexists(self.path):
+                raise CliError(f"{self.path}: already exists (use --force to overwrite)")
+            os.replace(self._temp, self.path)
+        except OSError as e:
+            raise CliError(f"{self.path}: cannot write: {e.strerror or e}") from None
+        self._temp = ""
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._temp:
+            try:
+                os.unlink(self._temp)
+            except OSError:
+                pass
+            self._temp = ""
+
+
+def _inside(path: str, source: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(source)
+    return real == top or real.startswith(top.rstrip("/") + "/")

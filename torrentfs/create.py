@@ -54,7 +54,9 @@ __all__ = [
     "SourceFile",
     "SourceTree",
     "build_torrent",
+    "check_piece_length",
     "choose_piece_length",
+    "create_torrent",
     "default_threads",
     "hash_pieces",
     "make_torrent",
@@ -410,6 +412,46 @@ def build_torrent(
     return encode(torrent)
 
 
+def create_torrent(
+    tree: SourceTree,
+    *,
+    trackers: Sequence[str] = (),
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    piece_length: int | None = None,
+    comment: str | None = None,
+    created_by: str | None = DEFAULT_CREATED_BY,
+    creation_date: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> bytes:
+    """Hash and encode a scanned tree: the .torrent bytes (see `make_torrent`)."""
+    if piece_length is None:
+        piece_length = choose_piece_length(tree.total_size)
+    else:
+        check_piece_length(piece_length)
+    # URLs are checked before the (possibly long) hashing, not after.
+    build_torrent(tree, piece_length, b"", trackers=trackers, web_seeds=web_seeds)
+    total = tree.total_size
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    pieces = hash_pieces(tree.files, piece_length, threads=threads, progress=report)
+    return build_torrent(
+        tree,
+        piece_length,
+        pieces,
+        trackers=trackers,
+        web_seeds=web_seeds,
+        private=private,
+        comment=comment,
+        created_by=created_by,
+        creation_date=creation_date,
+    )
+
+
 def make_torrent(
     path: str | os.PathLike[str],
     *,
@@ -426,32 +468,21 @@ def make_torrent(
 ) -> tuple[bytes, SourceTree]:
     """Scan, hash and encode: the .torrent bytes of `path` and the tree they describe.
 
-    `progress(done, total)` is called from the calling thread while hashing. `creation_date` is
-    seconds since the epoch, or None to leave it out (reproducible torrents).
+    `piece_length` None chooses one (`choose_piece_length`). `progress(done, total)` is called
+    from the calling thread while hashing. `creation_date` is seconds since the epoch, or None
+    to leave it out (reproducible torrents).
     """
     tree = scan_source(path, name=name)
-    if piece_length is None:
-        piece_length = choose_piece_length(tree.total_size)
-    else:
-        check_piece_length(piece_length)
-    # URLs are checked before the (possibly long) hashing, not after.
-    build_torrent(tree, piece_length, b"", trackers=trackers, web_seeds=web_seeds)
-    total = tree.total_size
-
-    def report(done: int) -> None:
-        if progress is not None:
-            progress(done, total)
-
-    pieces = hash_pieces(tree.files, piece_length, threads=threads, progress=report)
-    data = build_torrent(
+    data = create_torrent(
         tree,
-        piece_length,
-        pieces,
         trackers=trackers,
         web_seeds=web_seeds,
         private=private,
+        piece_length=piece_length,
         comment=comment,
         created_by=created_by,
         creation_date=creation_date,
+        threads=threads,
+        progress=progress,
     )
     return data, tree

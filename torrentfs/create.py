@@ -4,8 +4,11 @@ What this module guarantees:
 
 * **Layout** -- a regular file becomes a single-file torrent (``length``); a directory becomes a
   multi-file torrent (``files``) even when it holds one file, as mktorrent and libtorrent do.
-  Files are listed in sorted order of their path components (code-point order, which equals
-  UTF-8 byte order), so the same tree always gives the same info-hash. Hidden files are
+  Files are sorted by their '/'-joined path in code-point order (which equals UTF-8 byte order),
+  exactly as mktorrent sorts them (``strcmp`` on the path), so the same tree gives the same
+  info-hash here and there -- handy for cross-seeding. (libtorrent keeps readdir order; BEP 52's
+  per-component order differs for names holding characters below ``/`` such as ``a.b`` vs
+  ``a/x``; it matters only for v2, which this module does not make.) Hidden files are
   included; zero-length files are included (they take no bytes of any piece); empty directories
   vanish (BEP 3 lists files, not directories). Symbolic links inside a directory are *not
   followed and not stored*: following them could leave the tree or loop, and storing them needs
@@ -190,7 +193,7 @@ def scan_source(path: str | os.PathLike[str], *, name: str | None = None) -> Sou
                     skipped.append((entry.path, "not a regular file"))
             except OSError as e:
                 raise CreateError(f"{entry.path}: {e.strerror or e}") from None
-    files.sort(key=lambda f: f.path)
+    files.sort(key=lambda f: "/".join(f.path))
     skipped.sort()
     if not files:
         raise CreateError(f"{top}: no files to share")

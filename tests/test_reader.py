@@ -1,0 +1,194 @@
+"""Readers (reader.py) against a fake engine: exact bytes, wants, readahead, timeouts, release."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from torrentfs.errors import ReadTimeout, TorrentRemoved
+from torrentfs.picker import Priority
+from torrentfs.reader import MiB, ReadaheadConfig, ReadaheadWindow, Reader, ReaderClosed
+
+
+class FakeWant:
+    def __init__(self, engine: FakeTorrent) -> None:
+        self.engine = engine
+        self.range: tuple[int, int] | None = None
+        self.priority: Priority | None = None
+
+    def update(self, offset: int, length: int, *, priority: Priority, deadline: float | None) -> None:
+        self.range = (offset, offset + length)
+        self.priority = priority
+        self.engine.wants.add(self)
+
+    def drop(self) -> None:
+        self.range = None
+        self.engine.wants.discard(self)
+
+
+class FakeTorrent:
+    """Serves ``data``; ``missing`` byte ranges make reads wait until their timeout."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.wants: set[FakeWant] = set()
+        self.missing: list[tuple[int, int]] = []
+        self.removed = False
+        self.reads: list[tuple[int, int]] = []
+
+    def new_want(self) -> FakeWant:
+        return FakeWant(self)
+
+    def have_range(self, offset: int, length: int) -> bool:
+        return not any(a < offset + length and offset < b for a, b in self.missing)
+
+    async def read(self, offset: int, length: int, *, timeout: float) -> bytes:
+        self.reads.append((offset, length))
+        if self.removed:
+            raise TorrentRemoved("gone")
+        if not self.have_range(offset, length):
+            await trio.sleep(timeout)
+            raise ReadTimeout(f"piece {offset // 16384} not available (0 peers)")
+        return self.data[offset : offset + length]
+
+    def ranges(self) -> set[tuple[int, int]]:
+        return {w.range for w in self.wants if w.range is not None}
+
+
+DATA = bytes(range(256)) * 4096 * 8  # 8 MiB
+
+
+def make_reader(engine: FakeTorrent, offset: int, length: int, **kw: object) -> Reader:
+    cfg = kw.pop("readahead", ReadaheadConfig(min_bytes=64 * 1024, max_bytes=2 * MiB))
+    rate = kw.pop("rate", 0.0)
+    return Reader(
+        engine, offset, length, name="t/f", readahead=cfg,  # type: ignore[arg-type]
+        rate=lambda: rate, clock=lambda: 100.0, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_reads_are_exact_and_short_only_at_eof() -> None:
+    engine = FakeTorrent(DATA)
+    r = make_reader(engine, 1000, 5000)
+    assert await r.read(0, 100) == DATA[1000:1100]
+    assert await r.read(4990, 100) == DATA[5990:6000]
+    assert await r.read(5000, 10) == b""
+    assert await r.read(7000, 10) == b""
+    assert await r.read(10, 0) == b""
+    assert engine.reads == [(1000, 100), (5990, 10)]
+
+
+async def test_head_and_tail_wanted_on_open_and_all_wants_dropped_on_release() -> None:
+    engine = FakeTorrent(DATA)
+    engine.missing = [(0, len(DATA))]
+    cfg = ReadaheadConfig(min_bytes=64 * 1024, max_bytes=MiB, head_bytes=1000, tail_bytes=2000)
+    r = make_reader(engine, 4096, 1_000_000, readahead=cfg)
+    r.start()
+    assert engine.ranges() == {(4096, 5096), (4096 + 1_000_000 - 2000, 4096 + 1_000_000)}
+    r.release()
+    r.release()
+    assert engine.wants == set()
+    with pytest.raises(ReaderClosed):
+        await r.read(0, 1)
+
+
+async def test_nothing_wanted_on_open_when_head_and_tail_are_here() -> None:
+    engine = FakeTorrent(DATA)
+    r = make_reader(engine, 0, 5 * MiB)
+    r.start()
+    assert engine.wants == set()
+
+
+async def test_small_file_has_no_separate_tail() -> None:
+    engine = FakeTorrent(DATA)
+    engine.missing = [(0, len(DATA))]
+    r = make_reader(engine, 0, 100)
+    r.start()
+    assert engine.ranges() == {(0, 100)}
+
+
+def test_window_grows_with_sequential_reads_but_never_beyond_twice_what_was_read() -> None:
+    cfg = ReadaheadConfig(min_bytes=128 * 1024, max_bytes=32 * MiB, seconds=4)
+    w = ReadaheadWindow(cfg, 1 << 30)
+    fast = 1e9  # rate alone would allow the max at once
+    start, end = w.on_read(0, 128 * 1024, fast)
+    assert (start, end) == (128 * 1024, 128 * 1024 + 256 * 1024)
+    pos = 128 * 1024
+    for _ in range(200):
+        start, end = w.on_read(pos, 128 * 1024, fast)
+        pos += 128 * 1024
+        assert start == pos
+        assert end - start <= 2 * pos and end - start <= cfg.max_bytes
+    assert end - start == cfg.max_bytes
+
+
+def test_window_is_sized_from_the_rate() -> None:
+    cfg = ReadaheadConfig(min_bytes=64 * 1024, max_bytes=64 * MiB, seconds=2)
+    slow = ReadaheadWindow(cfg, 1 << 30)
+    fast = ReadaheadWindow(cfg, 1 << 30)
+    for i in range(400):  # 50 MiB read sequentially
+        s = slow.on_read(i * 128 * 1024, 128 * 1024, 100_000.0)
+        f = fast.on_read(i * 128 * 1024, 128 * 1024, 50e6)
+    assert s[1] - s[0] == 4 * cfg.min_bytes  # 200 kB at 100 kB/s: the floor for warm-up
+    assert f[1] - f[0] == cfg.max_bytes  # 100 MB at 50 MB/s, capped
+
+
+def test_out_of_order_kernel_readahead_is_not_a_seek() -> None:
+    cfg = ReadaheadConfig(min_bytes=256 * 1024, max_bytes=8 * MiB)
+    w = ReadaheadWindow(cfg, 1 << 30)
+    for i in range(16):
+        w.on_read(i * 128 * 1024, 128 * 1024, 0.0)
+    streak = w.streak
+    # The kernel's async readahead: a later block first, then an earlier one.
+    w.on_read(18 * 128 * 1024, 128 * 1024, 0.0)
+    w.on_read(16 * 128 * 1024, 128 * 1024, 0.0)
+    w.on_read(17 * 128 * 1024, 128 * 1024, 0.0)
+    assert w.streak == streak + 3 * 128 * 1024
+    assert w.front == 19 * 128 * 1024
+
+
+async def test_a_seek_moves_the_window_at_once_and_resets_its_size() -> None:
+    engine = FakeTorrent(DATA)
+    r = make_reader(engine, 0, len(DATA))
+    for i in range(16):
+        await r.read(i * 65536, 65536)
+    (before,) = engine.ranges()
+    assert before[0] == 16 * 65536 and before[1] - before[0] > 64 * 1024
+    await r.read(6 * MiB, 4096)
+    (after,) = engine.ranges()  # one window per handle: the old range is gone
+    assert after == (6 * MiB + 4096, 6 * MiB + 4096 + 64 * 1024)  # back to the minimum
+
+
+async def test_handles_are_independent() -> None:
+    engine = FakeTorrent(DATA)
+    a = make_reader(engine, 0, len(DATA))
+    b = make_reader(engine, 0, len(DATA))
+    await a.read(0, 65536)
+    await b.read(4 * MiB, 65536)
+    assert len(engine.ranges()) == 2
+    a.release()
+    (left,) = engine.ranges()
+    assert left[0] == 4 * MiB + 65536
+
+
+async def test_timeout_is_logged_with_file_and_swarm_state(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = FakeTorrent(DATA)
+    engine.missing = [(0, 16384)]
+    r = make_reader(engine, 0, len(DATA), read_timeout=7.0)
+    with caplog.at_level(logging.WARNING), pytest.raises(ReadTimeout):
+        await r.read(100, 10)
+    assert trio.current_time() == pytest.approx(7.0)
+    (line,) = [rec.getMessage() for rec in caplog.records]
+    assert "t/f" in line and "offset 100" in line and "piece 0" in line and "0 peers" in line
+
+
+async def test_removed_torrent_propagates() -> None:
+    engine = FakeTorrent(DATA)
+    engine.removed = True
+    r = make_reader(engine, 0, 10)
+    with pytest.raises(TorrentRemoved):
+        await r.read(0, 10)

@@ -1,0 +1,460 @@
+"""The pyfuse3 request handlers (L6): THE errno boundary of torrentfs.
+
+Guarantees, and why (DESIGN.md §3 rules 3-5):
+
+* **Only `FUSEError` leaves a handler.** pyfuse3 ends the whole mount on any other exception, so
+  every handler runs inside `_boundary`: domain errors map to an errno through `ERRNO_TABLE`
+  (`ReadTimeout`/`TorrentRemoved`/a released handle -> ``EIO``, `StorageError` -> its own errno
+  or ``EIO``), anything unexpected is logged with its traceback and answered ``EIO``.
+  ``forget()`` never raises at all (the kernel cannot take an answer to it).
+* **Every read ends by itself.** pyfuse3 does not deliver FUSE interrupts, so a read is bounded
+  by the reader's timeout, by its torrent's removal, and by `shutdown()`, which cancels every
+  read in flight (they get ``EIO``) so unmounting never waits on the swarm.
+* **Read-only, immutable content:** files are ``0444``, directories ``0555``; a file's bytes never
+  change for an inode, so entry/attribute timeouts are long (``ls``/``find``/``stat`` on 60,000
+  files answer from the kernel's cache after one readdirplus) and every open keeps the page cache
+  (``keep_cache``; complete files are then served at page-cache speed). Only the root, whose
+  listing changes as metainfo files come and go, has short timeouts; removed top-level entries
+  are invalidated in the kernel explicitly.
+* **Visible state:** extended attributes ``user.torrentfs.{infohash,progress,peers,
+  download_rate,magnet,status}`` on every entry of a torrent, listed by ``listxattr`` so
+  ``getfattr -d`` shows them.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+import pyfuse3
+import trio
+
+from torrentfs.errors import ReadTimeout, StorageError, TorrentfsError, TorrentRemoved
+from torrentfs.fs.tree import ROOT_INODE, FsTree, Node
+from torrentfs.magnet import magnet_from_metainfo
+from torrentfs.metainfo import Metainfo
+from torrentfs.reader import (
+    DEFAULT_READ_TIMEOUT,
+    ReadaheadConfig,
+    Reader,
+    ReaderClosed,
+    torrent_rate,
+)
+
+log = logging.getLogger(__name__)
+
+LONG_TIMEOUT = 24 * 3600.0
+"""Seconds the kernel may cache entries and attributes of torrent content (it never changes)."""
+ROOT_TIMEOUT = 1.0
+"""The root's attributes change as torrents come and go: cache them briefly."""
+BLOCK = 4096
+XATTR_PREFIX = "user.torrentfs."
+XATTRS = ("infohash", "progress", "peers", "download_rate", "magnet", "status")
+
+ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (ReadTimeout, errno.EIO),
+    (TorrentRemoved, errno.EIO),
+    (ReaderClosed, errno.EIO),
+    (StorageError, errno.EIO),  # its own errno wins when it has one (see errno_for)
+    (TorrentfsError, errno.EIO),
+)
+"""Domain error -> errno, first match wins. The only place errors become errno values."""
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a domain error is answered with (`ERRNO_TABLE`; ``EIO`` for anything else)."""
+    if isinstance(exc, StorageError) and exc.errno:
+        return exc.errno
+    for kind, code in ERRNO_TABLE:
+        if isinstance(exc, kind):
+            return code
+    return errno.EIO
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _boundary(
+    handler: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Let only `FUSEError` out of a handler (DESIGN.md rule 3)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except TorrentfsError as exc:
+            code = errno_for(exc)
+            log.debug("%s: %s -> %s", handler.__name__, exc, errno.errorcode.get(code, code))
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("bug in %s; answering EIO", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class EngineTorrent(Protocol):
+    """The parts of `torrentfs.torrent.Torrent` the handlers use (ARCHITECTURE.md L5 API)."""
+
+    metainfo: Metainfo
+
+    def new_want(self) -> Any: ...
+
+    async def read(self, offset: int, length: int, *, timeout: float) -> bytes: ...
+
+    def have_range(self, offset: int, length: int) -> bool: ...
+
+    def statistics(self) -> Any: ...
+
+
+class Engine(Protocol):
+    """The session, as seen from the mount."""
+
+    def get(self, info_hash: bytes) -> Any: ...
+
+
+@dataclass(eq=False)
+class Handle:
+    """One open file: its reader and the reads it has in flight (to end them on shutdown)."""
+
+    fh: int
+    node: Node
+    reader: Reader
+    scopes: set[trio.CancelScope] = field(default_factory=set)
+
+
+class FsOperations(pyfuse3.Operations):
+    """The handlers. Owns the tree and the open handles; asks the engine for data."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        tree: FsTree,
+        engine: Engine,
+        *,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        readahead: ReadaheadConfig | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.engine = engine
+        self.read_timeout = read_timeout
+        self.readahead = readahead if readahead is not None else ReadaheadConfig()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.handles: dict[int, Handle] = {}
+        self._fhs = itertools.count(1)
+        self.magnets: dict[bytes, str] = {}
+        """info-hash -> magnet URI, for torrents shown as placeholders."""
+        self.closing = False
+        self.mounted = False
+        """True while the kernel is attached: entry invalidations are sent only then."""
+        self.readdir_reply: Callable[[Any, bytes, Any, int], bool] = pyfuse3.readdir_reply
+        self.invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
+
+    # ------------------------------------------------------------------ the tree, from the app
+
+    def add_torrent(self, metainfo: Metainfo) -> Node:
+        """Show a torrent (its engine object must already be in the session)."""
+        self.magnets.pop(metainfo.info_hash, None)
+        return self.tree.add_torrent(metainfo.info_hash, metainfo)
+
+    def add_placeholder(self, info_hash: bytes, name: str, uri: str) -> Node:
+        """Show a magnet whose metadata is not known yet: an empty directory."""
+        self.magnets[info_hash] = uri
+        return self.tree.add_placeholder(info_hash, name)
+
+    def remove_torrent(self, info_hash: bytes) -> bool:
+        """Make a torrent's entries vanish; its open handles get ``EIO`` from now on."""
+        self.magnets.pop(info_hash, None)
+        top = self.tree.remove_torrent(info_hash)
+        if top is None:
+            return False
+        for handle in list(self.handles.values()):
+            if handle.node.info_hash == info_hash:
+                handle.reader.release()
+                for scope in handle.scopes:
+                    scope.cancel()
+        if self.mounted:
+            try:
+                self.invalidate_entry(ROOT_INODE, top.name, top.inode, ignore_enoent=True)
+            except Exception:  # the kernel caches the entry a little longer; nothing breaks
+                log.exception("cannot invalidate %r", top.name)
+        return True
+
+    def shutdown(self) -> None:
+        """Stop accepting reads and end every read in flight (they get ``EIO``)."""
+        self.closing = True
+        for handle in self.handles.values():
+            for scope in handle.scopes:
+                scope.cancel()
+            handle.reader.release()
+
+    # ------------------------------------------------------------------ attributes
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        timeout = ROOT_TIMEOUT if node.inode == ROOT_INODE else LONG_TIMEOUT
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+        if node.is_dir:
+            a.st_mode = stat.S_IFDIR | 0o555
+        else:
+            a.st_mode = stat.S_IFREG | 0o444
+        a.st_nlink = node.nlink
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_rdev = 0
+        a.st_size = node.size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (node.size + 511) // 512
+        ns = node.mtime * 1_000_000_000
+        a.st_atime_ns = ns
+        a.st_mtime_ns = ns
+        a.st_ctime_ns = ns
+        return a
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    # ------------------------------------------------------------------ metadata handlers
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            node: Node | None = self.tree.get(parent_inode)
+        elif name == b"..":
+            here = self.tree.get(parent_inode)
+            node = None if here is None else self.tree.get(here.parent)
+        else:
+            node = self.tree.lookup(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.tree.remember(node.inode)
+        return self._attrs(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        try:
+            for inode, count in inode_list:
+                self.tree.forget(inode, count)
+        except Exception:
+            log.exception("bug in forget (ignored)")
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._node(inode))
+
+    @_boundary
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        for child in self.tree.children(fh, after=start_id):
+            if not self.readdir_reply(token, child.name, self._attrs(child), child.inode):
+                break
+            self.tree.remember(child.inode)  # readdirplus entries count as lookups
+
+    @_boundary
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = self.tree.statistics()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLOCK
+        s.f_frsize = BLOCK
+        s.f_blocks = (st.total_size + BLOCK - 1) // BLOCK
+        s.f_bfree = 0
+        s.f_bavail = 0
+        s.f_files = st.files + st.dirs
+        s.f_ffree = 0
+        s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # ------------------------------------------------------------------ files
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if self.closing or not node.attached or node.info_hash is None or node.file is None:
+            raise pyfuse3.FUSEError(errno.EIO if self.closing else errno.ENOENT)
+        torrent = self.engine.get(node.info_hash)
+        if torrent is None:
+            raise TorrentRemoved(f"{node.name!r}: torrent not in the session")
+        reader = Reader(
+            torrent,
+            node.file.offset,
+            node.file.length,
+            name=self._display_name(node),
+            read_timeout=self.read_timeout,
+            readahead=self.readahead,
+        )
+        reader.start()
+        fh = next(self._fhs)
+        self.handles[fh] = Handle(fh, node, reader)
+        # The bytes of an inode never change: the page cache may always be kept.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles.get(fh)
+        if handle is None or self.closing:
+            raise pyfuse3.FUSEError(errno.EIO if self.closing else errno.EBADF)
+        with trio.CancelScope() as scope:
+            handle.scopes.add(scope)
+            try:
+                return await handle.reader.read(off, size)
+            finally:
+                handle.scopes.discard(scope)
+        # Cancelled by shutdown() or removal: the reader is released; the caller gets EIO.
+        raise ReaderClosed(f"{handle.reader.name}: read ended by shutdown or removal")
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is not None:
+            handle.reader.release()
+
+    @_boundary
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # ------------------------------------------------------------------ extended attributes
+
+    @_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._node(inode)
+        if node.info_hash is None:
+            return []
+        return [(XATTR_PREFIX + n).encode() for n in XATTRS]
+
+    @_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        key = name.decode("utf-8", "replace")
+        if node.info_hash is None or not key.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        attr = key[len(XATTR_PREFIX) :]
+        if attr not in XATTRS:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return self.xattr_value(node, attr).encode()
+
+    def xattr_value(self, node: Node, attr: str) -> str:
+        """One ``user.torrentfs.*`` value as text."""
+        assert node.info_hash is not None
+        info_hash = node.info_hash
+        if attr == "infohash":
+            return info_hash.hex()
+        torrent = self.engine.get(info_hash) if node.attached else None
+        if attr == "magnet":
+            if info_hash in self.magnets:
+                return self.magnets[info_hash]
+            if torrent is not None:
+                return magnet_from_metainfo(torrent.metainfo)
+            return ""
+        if attr == "status":
+            if not node.attached:
+                return "removed"
+            if node.placeholder:
+                return "waiting for metadata"
+            return _state(torrent)
+        if torrent is None:
+            return "0"
+        if attr == "progress":
+            return f"{_progress(torrent, node):.4f}"
+        if attr == "peers":
+            peers = getattr(torrent, "peers", None)
+            if peers is not None:
+                return str(len(peers))
+            return str(torrent.statistics().peers)
+        if attr == "download_rate":
+            return str(int(torrent_rate(torrent, trio.current_time())))
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _display_name(self, node: Node) -> str:
+        parts = []
+        n: Node | None = node
+        while n is not None and n.inode != ROOT_INODE:
+            parts.append(os.fsdecode(n.name))
+            n = self.tree.get(n.parent)
+        return "/".join(reversed(parts))
+
+
+def _state(torrent: Any) -> str:
+    if torrent is None:
+        return "removed"
+    state = getattr(torrent, "state", None)
+    if callable(state):
+        return str(state())
+    return str(torrent.statistics().state)
+
+
+def _progress(torrent: Any, node: Node) -> float:
+    """Verified fraction of a file (by pieces), or of the whole torrent for directories."""
+    have = torrent.have
+    if node.file is not None:
+        if node.file.length == 0:
+            return 1.0
+        pieces = torrent.geometry.pieces_for_range(node.file.offset, node.file.length)
+        return sum(1 for p in pieces if have[p]) / len(pieces)
+    total = torrent.metainfo.num_pieces
+    return have.count() / total if total else 1.0
+
+
+def mount_time() -> int:
+    return int(time.time())
+
+
+__all__ = ["ERRNO_TABLE", "FsOperations", "errno_for", "mount_time"]

@@ -18,7 +18,9 @@ class FakeWant:
         self.range: tuple[int, int] | None = None
         self.priority: Priority | None = None
 
-    def update(self, offset: int, length: int, *, priority: Priority, deadline: float | None) -> None:
+    def update(
+        self, offset: int, length: int, *, priority: Priority, deadline: float | None
+    ) -> None:
         self.range = (offset, offset + length)
         self.priority = priority
         self.engine.wants.add(self)

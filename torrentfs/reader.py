@@ -114,7 +114,9 @@ class ReadaheadWindow:
         self.reads += 1
         by_rate = rate * cfg.seconds
         grown = 2 * self.streak
-        self.size = max(cfg.min_bytes, min(cfg.max_bytes, grown, max(by_rate, 4 * cfg.min_bytes)))
+        self.size = int(
+            max(cfg.min_bytes, min(cfg.max_bytes, grown, max(by_rate, 4 * cfg.min_bytes)))
+        )
         start = self.front
         return start, min(self.file_length, start + self.size)
 
@@ -196,7 +198,9 @@ class Reader:
             return b""
         self._advance_window(offset, size)
         try:
-            data = await self.torrent.read(self.file_offset + offset, size, timeout=self.read_timeout)
+            data = await self.torrent.read(
+                self.file_offset + offset, size, timeout=self.read_timeout
+            )
         except ReadTimeout as exc:
             log.warning(
                 "read of %s at offset %d (%d bytes) failed after %g s: %s",

@@ -1,0 +1,271 @@
+"""The composition root of the mount (L6): ``torrentfs [options] METAINFO_DIR MOUNTPOINT``.
+
+`main_mount(argv)` parses the options, then runs one trio nursery holding the engine session,
+the metainfo folder watcher and the FUSE mount (DESIGN.md §1). Nothing else knows all the parts.
+
+Shutdown (SIGINT, SIGTERM, or ``fusermount3 -u`` from outside) is ordered so that it always ends
+within a few seconds, even with readers blocked on a silent swarm (DESIGN.md §3 rule 4):
+
+1. stop accepting reads, and end every read in flight with ``EIO`` (`FsOperations.shutdown`);
+2. end the FUSE loop (bounded: cancelled after a short grace);
+3. detach the mount (lazily, so open files cannot block it);
+4. stop the engine (its torrents, trackers' ``stopped`` announces, resume state) - bounded by
+   the session itself.
+
+The mount is detached before the engine stops because the engine's shutdown may wait up to
+5 s for trackers, and the unmount must not; readers were already answered in step 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from torrentfs.errors import TorrentfsError
+from torrentfs.fs.mount import Mount, fuse_options
+from torrentfs.fs.operations import FsOperations
+from torrentfs.fs.tree import FsTree
+from torrentfs.reader import (
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_READAHEAD_MAX,
+    DEFAULT_READAHEAD_MIN,
+    DEFAULT_READAHEAD_SECONDS,
+    ReadaheadConfig,
+)
+from torrentfs.session import (
+    Session,
+    SessionConfig,
+    default_download_dir,
+    default_state_dir,
+    open_session,
+)
+from torrentfs.torrent import TorrentConfig
+from torrentfs.watch import MetainfoItem, MetainfoWatcher
+
+log = logging.getLogger("torrentfs")
+
+PROG = "torrentfs"
+EXIT_USAGE = 2
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+class UsageError(TorrentfsError):
+    """A bad option value or path given to the mount command."""
+
+
+def parse_size(text: str) -> int:
+    """``4M``, ``512k``, ``1GiB``, ``1048576`` -> bytes (binary multiples)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M, 512K, 1G)")
+    value = float(m.group(1)) * (1 << (10 * " kmgt".index((m.group(2) or " ").lower())))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _listen(text: str) -> tuple[str | None, int | None]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, None
+    try:
+        return host.strip("[]") or None, int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not HOST[:PORT]: {text!r}") from None
+
+
+def build_mount_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [options] METAINFO_DIR MOUNTPOINT",
+        description="Mount every .torrent/.magnet file of METAINFO_DIR at MOUNTPOINT, "
+        "read-only, downloading only what is read.",
+    )
+    p.add_argument("metainfo_dir", metavar="METAINFO_DIR", type=Path)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    p.add_argument("--download-dir", type=Path, help="where data is kept (default: %(default)s)",
+                   default=default_download_dir())  # fmt: skip
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                   help="resume state (default: %(default)s)")  # fmt: skip
+    p.add_argument("--read-timeout", type=_positive_float, default=DEFAULT_READ_TIMEOUT,
+                   metavar="SECONDS",
+                   help="a read waits at most this long, then fails with EIO "
+                   "(default: %(default)g)")  # fmt: skip
+    p.add_argument("--readahead-min", type=parse_size, default=DEFAULT_READAHEAD_MIN,
+                   metavar="SIZE", help="smallest readahead window per open file (1M)")  # fmt: skip
+    p.add_argument("--readahead-max", type=parse_size, default=DEFAULT_READAHEAD_MAX,
+                   metavar="SIZE", help="largest readahead window per open file (64M)")  # fmt: skip
+    p.add_argument("--readahead-seconds", type=_positive_float,
+                   default=DEFAULT_READAHEAD_SECONDS, metavar="SECONDS",
+                   help="readahead: seconds of data ahead at the download rate "
+                   "(default: %(default)g)")  # fmt: skip
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="FUSE mount options, comma-separated (allow_other, default_permissions, "
+                   "...); always ro, fsname=torrentfs, subtype=torrentfs")  # fmt: skip
+    p.add_argument("--port", type=int, default=None, help="BitTorrent listen port (default 6881)")
+    p.add_argument("--listen", type=_listen, default=None, metavar="HOST[:PORT]",
+                   help="listen address (default: every interface)")  # fmt: skip
+    p.add_argument("--no-upload", action="store_true", help="never upload (leech only)")
+    p.add_argument("--no-dht", action="store_true", help="do not use the DHT")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
+    return p
+
+
+def _split_options(values: Sequence[str]) -> list[str]:
+    return [o.strip() for v in values for o in v.split(",") if o.strip()]
+
+
+class Library:
+    """Torrents come and go with the metainfo folder: engine first, then the tree."""
+
+    def __init__(self, session: Session, ops: FsOperations) -> None:
+        self.session = session
+        self.ops = ops
+
+    async def add(self, item: MetainfoItem) -> None:
+        if item.metainfo is not None:
+            await self.session.add_torrent(item.metainfo)
+            self.ops.add_torrent(item.metainfo)
+        else:
+            self.ops.add_placeholder(item.key, item.name, item.uri or "")
+
+    async def remove(self, item: MetainfoItem) -> None:
+        self.ops.remove_torrent(item.key)  # entries vanish, open handles get EIO
+        if self.session.get(item.key) is not None:
+            await self.session.remove_torrent(item.key)  # the data stays on disk
+
+
+def _session_config(args: argparse.Namespace) -> SessionConfig:
+    host: str | None = None
+    port = 6881
+    if args.listen is not None:
+        host, listen_port = args.listen
+        if listen_port is not None:
+            port = listen_port
+    if args.port is not None:
+        port = args.port
+    upload = not args.no_upload
+    return SessionConfig(
+        download_dir=args.download_dir.expanduser(),
+        state_dir=args.state_dir.expanduser(),
+        listen_host=host,
+        listen_port=port,
+        upload=upload,
+        dht=not args.no_dht,
+        torrent=TorrentConfig(upload=upload),
+    )
+
+
+async def run_mount(args: argparse.Namespace) -> int:
+    """Everything of one mount, in one nursery; returns the exit status."""
+    metainfo_dir: Path = args.metainfo_dir.expanduser()
+    if not metainfo_dir.is_dir():
+        raise UsageError(f"{metainfo_dir}: not a directory")
+    options = _split_options(args.options)
+    allow_other = "allow_other" in options
+    fuse_opts = fuse_options(
+        allow_other=allow_other, extra=[o for o in options if o != "allow_other"]
+    )
+    readahead = ReadaheadConfig(
+        min_bytes=args.readahead_min,
+        max_bytes=max(args.readahead_min, args.readahead_max),
+        seconds=args.readahead_seconds,
+    )
+    async with open_session(_session_config(args)) as session:
+        ops = FsOperations(
+            FsTree(mount_time=int(time.time())),
+            session,
+            read_timeout=args.read_timeout,
+            readahead=readahead,
+        )
+        mount = Mount(ops, args.mountpoint.expanduser(), fuse_opts)
+        mount.mount()
+        status = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_on_signals, ops, mount)
+                watcher = MetainfoWatcher(metainfo_dir, Library(session, ops))
+                nursery.start_soon(watcher.run)
+                try:
+                    await mount.serve()
+                except OSError as exc:
+                    log.error("FUSE loop failed: %s", exc)
+                    status = 1
+                nursery.cancel_scope.cancel()
+        finally:
+            started = time.monotonic()
+            ops.shutdown()  # 1. no more reads; blocked readers get EIO
+            mount.terminate()  # 2. (already ended unless we got here by an error)
+            mount.unmount()  # 3. lazily: never blocked by open files
+            log.info("unmounted in %.1f s; stopping the engine", time.monotonic() - started)
+    return status  # 4. leaving open_session stopped the engine
+
+
+async def _on_signals(ops: FsOperations, mount: Mount) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            ops.shutdown()
+            mount.terminate()
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.INFO if verbose <= 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if verbose == 0:
+        # One line per event: the engine's per-peer chatter only with -v.
+        for noisy in ("torrentfs.torrent", "torrentfs.net", "torrentfs.session", "pyfuse3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def main_mount(argv: Sequence[str]) -> int:
+    """``torrentfs [options] METAINFO_DIR MOUNTPOINT``; returns the exit status."""
+    try:
+        args = build_mount_parser().parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _setup_logging(args.verbose)
+    try:
+        return trio.run(run_mount, args)
+    except BaseException as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        print(f"{PROG}: {' '.join(str(user_error).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The user error (bad path, busy mount point...) inside nursery exception groups, if any."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, TorrentfsError | OSError):
+        return exc
+    return None
+
+
+__all__ = ["Library", "build_mount_parser", "main_mount", "parse_size", "run_mount"]

@@ -1,0 +1,206 @@
+"""Mounting and unmounting (L6): pyfuse3's session, its options, and stale-mount recovery.
+
+Guarantees, and why:
+
+* The mount is always read-only with ``fsname=torrentfs,subtype=torrentfs`` (it shows in
+  ``mount``/``df`` as ``torrentfs`` of type ``fuse.torrentfs``); ``default_permissions`` lets the
+  kernel check modes; ``allow_other`` only when asked (it needs ``user_allow_other`` for users).
+* **A stale mount point** left by a crashed process (``stat`` fails with ``ENOTCONN``) is
+  detached at start (``fusermount3 -uz``, else ``umount -l``) instead of failing forever.
+* **Unmount always succeeds:** `Mount.terminate` ends the FUSE loop, cancelling it after a short
+  grace if a handler does not end by itself, and `Mount.unmount` detaches lazily (libfuse's
+  ``fusermount3 -uz`` / ``umount2(MNT_DETACH)``), so blocked readers can never keep the process
+  alive. An unmount from outside (``fusermount3 -u``) ends `Mount.serve` normally.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from torrentfs.errors import TorrentfsError
+from torrentfs.fs.operations import FsOperations
+
+log = logging.getLogger(__name__)
+
+FIXED_OPTIONS = frozenset({"fsname=torrentfs", "subtype=torrentfs", "ro"})
+TERMINATE_GRACE = 2.0
+"""Seconds handlers get to finish after `Mount.terminate` before the loop is cancelled."""
+
+
+class MountError(TorrentfsError):
+    """The mount point cannot be used (missing, not a directory, stale beyond repair, busy)."""
+
+
+def fuse_options(
+    *, allow_other: bool = False, default_permissions: bool = True, extra: Iterable[str] = ()
+) -> set[str]:
+    """The option set for ``pyfuse3.init``: fixed name/type and ``ro``, plus what was asked.
+
+    User-given ``fsname``/``subtype`` and write options are ignored (with a warning): the mount
+    is torrentfs and read-only by construction.
+    """
+    options = set(FIXED_OPTIONS)
+    if default_permissions:
+        options.add("default_permissions")
+    if allow_other:
+        options.add("allow_other")
+    for raw in extra:
+        opt = raw.strip()
+        if not opt:
+            continue
+        key = opt.split("=", 1)[0]
+        if key in ("fsname", "subtype", "rw"):
+            log.warning("mount option %s ignored: torrentfs is always read-only and named", opt)
+            continue
+        options.add(opt)
+    return options
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a mount point in this mount namespace (/proc/self/mountinfo)."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(mountpoint)
+    return False
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out = []
+    i = 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def lazy_unmount(mountpoint: Path) -> bool:
+    """Detach a mount (``fusermount3 -uz``, else ``umount -l``); True if it is gone."""
+    commands = []
+    for tool, args in (("fusermount3", ["-u", "-z", "-q"]), ("umount", ["-l"])):
+        path = shutil.which(tool)
+        if path is not None:
+            commands.append([path, *args, str(mountpoint)])
+    for cmd in commands:
+        try:
+            subprocess.run(cmd, check=False, timeout=10, capture_output=True)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.debug("%s failed: %s", cmd[0], exc)
+            continue
+        if not is_mounted(mountpoint):
+            return True
+    return not is_mounted(mountpoint)
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Make sure ``mountpoint`` is a usable directory, recovering a stale FUSE mount first."""
+    try:
+        st = os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"{mountpoint}: {exc.strerror}") from None
+        log.warning("%s: stale mount (transport endpoint not connected); detaching it", mountpoint)
+        if not lazy_unmount(mountpoint):
+            raise MountError(f"{mountpoint}: stale mount could not be detached") from None
+        try:
+            st = os.stat(mountpoint)
+        except OSError as exc2:
+            raise MountError(f"{mountpoint}: {exc2.strerror}") from None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"{mountpoint}: not a directory")
+
+
+class Mount:
+    """One pyfuse3 mount of `FsOperations` at ``mountpoint`` (pyfuse3 allows one per process)."""
+
+    def __init__(self, ops: FsOperations, mountpoint: Path, options: set[str]) -> None:
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.options = options
+        self.mounted = False
+        self.terminated = False
+        self._scope: trio.CancelScope | None = None
+
+    def mount(self) -> None:
+        """Attach to the kernel (after stale-mount recovery). Raises `MountError`."""
+        check_mountpoint(self.mountpoint)
+        try:
+            pyfuse3.init(self.ops, str(self.mountpoint), self.options)
+        except RuntimeError as exc:
+            raise MountError(f"{self.mountpoint}: cannot mount ({exc})") from None
+        self.mounted = True
+        self.ops.mounted = True
+        log.info("mounted at %s", self.mountpoint)
+
+    async def serve(self) -> None:
+        """Run the FUSE loop until `terminate` or an unmount from outside."""
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            if self.terminated:
+                return
+            await pyfuse3.main()
+        if scope.cancelled_caught:
+            log.warning("FUSE loop cancelled after %g s grace", TERMINATE_GRACE)
+        elif not self.terminated:
+            log.info("%s was unmounted from outside", self.mountpoint)
+
+    def terminate(self) -> None:
+        """End the FUSE loop: at once for idle workers, after a short grace for handlers."""
+        if self.terminated or not self.mounted:
+            self.terminated = True
+            return
+        self.terminated = True
+        try:
+            pyfuse3.terminate()
+        except Exception:  # already ending; the cancel below still bounds it
+            log.debug("pyfuse3.terminate failed", exc_info=True)
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + TERMINATE_GRACE)
+
+    def unmount(self) -> None:
+        """Detach from the kernel (lazily: never blocked by open files). Idempotent."""
+        if not self.mounted:
+            return
+        self.mounted = False
+        self.ops.mounted = False
+        still = is_mounted(self.mountpoint)
+        try:
+            pyfuse3.close(unmount=still)
+        except Exception:
+            log.exception("pyfuse3.close failed")
+        if is_mounted(self.mountpoint) and still:
+            lazy_unmount(self.mountpoint)
+        log.info("unmounted %s", self.mountpoint)
+
+
+__all__ = [
+    "FIXED_OPTIONS",
+    "Mount",
+    "MountError",
+    "check_mountpoint",
+    "fuse_options",
+    "is_mounted",
+    "lazy_unmount",
+]

@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import re
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .bencode import DEFAULT_MAX_SIZE
-from .create import DEFAULT_CREATED_BY, create_torrent, default_threads, scan_source
-from .errors import MagnetError, MetainfoError, TorrentfsError, UnsupportedTorrent
-from .magnet import Magnet, magnet_from_metainfo, parse_magnet
-from .metainfo import Metainfo, parse_metainfo
-from .progress import ProgressBar, format_size
+from .errors import TorrentfsError
+
+# Everything else is imported by the command that needs it: `torrentfs --help` and
+# `torrentfs make` should not pay for the magnet parser, and `info` not for the hasher.
+if TYPE_CHECKING:
+    from .magnet import Magnet
+    from .metainfo import Metainfo
+
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["EXTERNAL_COMMANDS", "CliError", "build_parser", "load_source", "main"]
 
@@ -41,8 +40,6 @@ PROG = "torrentfs"
 EXIT_USAGE = 2
 EXIT_BUG = 70  # EX_SOFTWARE
 EXIT_INTERRUPTED = 130
-
-_SubParsers = Any  # argparse._SubParsersAction is private; its type is not worth importing.
 
 
 class CliError(TorrentfsError):
@@ -143,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 141
     except Exception:
+        import traceback
+
         print(f"{PROG}: internal error (this is a bug):", file=sys.stderr)
         traceback.print_exc(limit=6, file=sys.stderr)
         return EXIT_BUG
@@ -156,6 +155,11 @@ def load_source(arg: str) -> Metainfo | Magnet:
 
     Raises `CliError` naming `arg` and the problem (missing, unreadable, too large, invalid).
     """
+    from .bencode import DEFAULT_MAX_SIZE
+    from .errors import MetainfoError, UnsupportedTorrent
+    from .metainfo import parse_metainfo
+    from .progress import format_size
+
     if arg.lstrip()[:7].lower() == "magnet:":
         return _parse_magnet_text(arg, arg)
     try:
@@ -180,6 +184,9 @@ def load_source(arg: str) -> Metainfo | Magnet:
 
 
 def _parse_magnet_text(text: str, where: str) -> Magnet:
+    from .errors import MagnetError
+    from .magnet import parse_magnet
+
     if where == text and len(where) > 60:
         where = where[:57] + "..."
     try:
@@ -199,6 +206,8 @@ def _build_info_parser(sub: _SubParsers) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .metainfo import Metainfo
+
     source = load_source(args.file)
     if args.json:
         obj = info_json(source)
@@ -211,6 +220,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def info_json(source: Metainfo | Magnet) -> dict[str, object]:
     """The ``info --json`` object; keys are the same for torrents and magnets (None if unknown)."""
+    from .magnet import Magnet
+
     if isinstance(source, Magnet):
         return {
             "kind": "magnet",
@@ -255,6 +266,8 @@ _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 def _json_dumps(obj: object) -> str:
     # Non-ASCII stays readable; C1 controls (which some terminals obey) are escaped -- they can
     # only occur inside JSON strings, so escaping them keeps the JSON valid.
+    import json
+
     text = json.dumps(obj, ensure_ascii=False, indent=2)
     return _C1_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
@@ -265,10 +278,14 @@ def _show(text: str) -> str:
 
 
 def _size(n: int) -> str:
+    from .progress import format_size
+
     return f"{format_size(n)} ({n:,} bytes)" if n >= 1024 else f"{n} bytes"
 
 
 def _date(seconds: int) -> str:
+    import time
+
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
     except (OverflowError, OSError, ValueError):
@@ -284,6 +301,8 @@ def _field_lines(label: str, values: Sequence[str]) -> list[str]:
 
 def info_lines(m: Metainfo) -> list[str]:
     """The human-readable ``info`` output of a torrent."""
+    from .progress import format_size
+
     lines = [f"{'name:':<14}{_show(m.name)}", f"{'info hash:':<14}{m.info_hash.hex()}"]
     if m.info_hash_v2:
         lines.append(f"{'info hash v2:':<14}{m.info_hash_v2.hex()}  (hybrid v1+v2)")
@@ -347,6 +366,8 @@ def _build_magnet_parser(sub: _SubParsers) -> None:
 
 
 def cmd_magnet(args: argparse.Namespace) -> int:
+    from .magnet import Magnet, magnet_from_metainfo
+
     source = load_source(args.file)
     uri = source.to_uri() if isinstance(source, Magnet) else magnet_from_metainfo(source)
     print(uri)
@@ -422,8 +443,8 @@ def _build_make_parser(sub: _SubParsers) -> None:
     p.add_argument(
         "--created-by",
         metavar="TEXT",
-        default=DEFAULT_CREATED_BY,
-        help=f"'created by' text, '' to leave out (default: {DEFAULT_CREATED_BY!r})",
+        default=None,
+        help=f"'created by' text, '' to leave out (default: 'torrentfs {__version__}')",
     )
     p.add_argument(
         "-t",
@@ -431,13 +452,20 @@ def _build_make_parser(sub: _SubParsers) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help=f"hashing threads (default: {default_threads()})",
+        help="hashing threads (default: one per CPU core; the reader is one more)",
     )
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_make)
 
 
 def cmd_make(args: argparse.Namespace) -> int:
+    import hashlib
+    import time
+
+    from .bencode import decode_torrent
+    from .create import DEFAULT_CREATED_BY, choose_piece_length, create_torrent, scan_source
+    from .progress import ProgressBar, format_size
+
     tree = scan_source(args.path, name=args.name)
     out: str = args.output if args.output is not None else f"{tree.name}.torrent"
     output = None if out == "-" else _Output(out, force=args.force, source=args.path)
@@ -451,7 +479,9 @@ def cmd_make(args: argparse.Namespace) -> int:
                 private=args.private,
                 piece_length=args.piece_length,
                 comment=args.comment,
-                created_by=args.created_by or None,
+                created_by=DEFAULT_CREATED_BY
+                if args.created_by is None
+                else args.created_by or None,
                 creation_date=None if args.no_date else int(time.time()),
                 threads=args.threads,
                 progress=lambda done, _total: bar.update(done),
@@ -464,11 +494,14 @@ def cmd_make(args: argparse.Namespace) -> int:
     finally:
         if output is not None:
             output.discard()
-    m = parse_metainfo(data)
+    _, span = decode_torrent(data)
+    assert span is not None
+    info_hash = hashlib.sha1(data[span[0] : span[1]]).hexdigest()
+    piece_length = args.piece_length or choose_piece_length(tree.total_size)
     summary = (
-        f"{out if output else '(stdout)'}: {_show(m.name)}, {len(m.visible_files()):,} "
-        f"file(s), {format_size(m.total_size)}, {m.num_pieces:,} pieces of "
-        f"{format_size(m.piece_length)}, info hash {m.info_hash.hex()}"
+        f"{out if output else '(stdout)'}: {_show(tree.name)}, {len(tree.files):,} "
+        f"file(s), {format_size(tree.total_size)}, {-(-tree.total_size // piece_length):,} "
+        f"pieces of {format_size(piece_length)}, info hash {info_hash}"
     )
     print(summary, file=sys.stderr if output is None else sys.stdout)
     return 0
@@ -496,17 +529,15 @@ class _Output:
                 raise CliError(f"{path}: already exists (use --force to overwrite)")
             if _inside(path, source):
                 raise CliError(f"{path}: refusing to overwrite a file being shared")
-        directory = os.path.dirname(path) or "."
+        directory, base = os.path.split(path)
+        # Not tempfile.mkstemp: its 0600 is for secrets (a .torrent gets the umask's mode).
+        self._temp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.part")
         try:
-            fd, self._temp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part"
-            )
+            fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as e:
+            self._temp = ""
             raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
         self._file = os.fdopen(fd, "wb")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a .torrent is not one
 
     def commit(self, data: bytes) -> None:
         try:

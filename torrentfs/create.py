@@ -40,8 +40,7 @@ import queue
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import NamedTuple
 
 from . import __version__
 from .bencode import encode
@@ -88,8 +87,9 @@ class CreateError(TorrentfsError):
     """The torrent cannot be made: a missing or unreadable source, a bad name or option."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
+# NamedTuples rather than dataclasses: `torrentfs make` is a short-lived command and importing
+# dataclasses (and inspect) costs more start-up time than hashing a few megabytes.
+class SourceFile(NamedTuple):
     """One file to include: `path` relative to the torrent root (``(name,)`` if single-file)."""
 
     path: tuple[str, ...]
@@ -97,8 +97,7 @@ class SourceFile:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class SourceTree:
+class SourceTree(NamedTuple):
     """What `scan_source` found: the files in torrent order and what it left out (and why)."""
 
     name: str
@@ -354,6 +353,8 @@ def hash_pieces(
 
 
 def _check_url(url: str, what: str, schemes: frozenset[str]) -> None:
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     if parts.scheme.lower() not in schemes or not parts.netloc or any(c.isspace() for c in url):
         allowed = ", ".join(sorted(schemes))

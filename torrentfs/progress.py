@@ -8,7 +8,7 @@ erases the line so the command's real output starts clean. Time comes from an in
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -109,7 +109,11 @@ class ProgressBar:
         return line[:width]
 
     def _draw(self, now: float) -> None:
-        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):  # not a real terminal (tests), or closed
+            columns = 80
+        width = max(20, columns - 1)
         self._stream.write("\r" + self.render(now, width) + "\x1b[K")
         self._stream.flush()
         self._drawn = True

@@ -224,6 +224,7 @@ async def _on_signals(ops: FsOperations, mount: Mount) -> None:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
             ops.shutdown()
+            await ops.wait_drained()
             mount.terminate()
 
 

@@ -164,6 +164,8 @@ class FsOperations(pyfuse3.Operations):
         self.magnets: dict[bytes, str] = {}
         """info-hash -> magnet URI, for torrents shown as placeholders."""
         self.closing = False
+        self.active_reads = 0
+        self.last_read = 0.0
         self.mounted = False
         """True while the kernel is attached: entry invalidations are sent only then."""
         self.readdir_reply: Callable[[Any, bytes, Any, int], bool] = pyfuse3.readdir_reply
@@ -206,6 +208,17 @@ class FsOperations(pyfuse3.Operations):
             for scope in handle.scopes:
                 scope.cancel()
             handle.reader.release()
+
+    async def wait_drained(self, *, quiet: float = 0.2, limit: float = 2.0) -> None:
+        """After `shutdown`: wait (at most ``limit`` s) until no read came for ``quiet`` s.
+
+        The kernel retries a failed readahead with a plain read of the page; answering those
+        with ``EIO`` too (instead of stopping the loop at once, which leaves them to be aborted
+        by the unmount with ``ENOTCONN``) gives every blocked reader a clean ``EIO``.
+        """
+        with trio.move_on_after(limit):
+            while self.active_reads or trio.current_time() - self.last_read < quiet:
+                await trio.sleep(quiet / 4)
 
     # ------------------------------------------------------------------ attributes
 
@@ -337,14 +350,18 @@ class FsOperations(pyfuse3.Operations):
 
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.last_read = trio.current_time()
         handle = self.handles.get(fh)
         if handle is None or self.closing:
             raise pyfuse3.FUSEError(errno.EIO if self.closing else errno.EBADF)
         with trio.CancelScope() as scope:
             handle.scopes.add(scope)
+            self.active_reads += 1
             try:
                 return await handle.reader.read(off, size)
             finally:
+                self.active_reads -= 1
+                self.last_read = trio.current_time()
                 handle.scopes.discard(scope)
         # Cancelled by shutdown() or removal: the reader is released; the caller gets EIO.
         raise ReaderClosed(f"{handle.reader.name}: read ended by shutdown or removal")

@@ -1,0 +1,463 @@
+"""Real mounts (DESIGN.md §4 tier 6): ``torrentfs METAINFO_DIR MOUNTPOINT`` against a libtorrent
+seeder and opentracker, in the test network namespace, run as root.
+
+Every byte read through the mount is compared with the source. Each test mounts in its own tmp
+dir and always unmounts in teardown (SIGTERM, then ``fusermount3 -uz`` and SIGKILL as fallbacks).
+Waits are bounded polls on observable state, never guessed sleeps deciding a verdict.
+``TORRENTFS_TEST_BIG`` sets the size of the "big file" (default 256 MiB; the issue's 1 GiB in CI
+runs that can afford it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from swarm import (
+    MULTI_LAYOUT,
+    LibtorrentPeer,
+    Opentracker,
+    Payload,
+    PeerFactory,
+    make_payload,
+    make_torrent,
+    sha256_file,
+)
+
+pytestmark = [pytest.mark.mount, pytest.mark.interop]
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+BIG = int(os.environ.get("TORRENTFS_TEST_BIG", str(256 * MiB)))
+
+
+def wait_for(what: str, cond: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+class TorrentfsMount:
+    """``python -m torrentfs`` as a subprocess: the real command, options and signals."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.metainfo_dir = tmp / "metainfo"
+        self.mountpoint = tmp / "mnt"
+        self.download_dir = tmp / "downloads"
+        self.state_dir = tmp / "state"
+        for d in (self.metainfo_dir, self.mountpoint, self.download_dir, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.extra = list(extra)
+        self.log_path = tmp / "torrentfs.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable, "-m", "torrentfs", str(self.metainfo_dir), str(self.mountpoint),
+            "--download-dir", str(self.download_dir), "--state-dir", str(self.state_dir),
+            "--listen", "127.0.0.1:0", "--no-dht", "-v", *self.extra,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for("the mount", lambda: is_mounted(self.mountpoint) or self.proc_exited())
+        assert not self.proc_exited(), self.log()
+
+    def proc_exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> float:
+        """SIGTERM; returns the seconds until the process ended and the mount was gone."""
+        assert self.proc is not None
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.cleanup()
+        return time.monotonic() - started
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
+
+    def add(self, torrent: Path, name: str | None = None) -> Path:
+        """Drop a .torrent into the folder the way careful tools do: write, then rename."""
+        dest = self.metainfo_dir / (name or torrent.name)
+        tmp = self.metainfo_dir / f".{dest.name}.part"
+        shutil.copyfile(torrent, tmp)
+        os.rename(tmp, dest)
+        return dest
+
+    def wait_entry(self, name: str, present: bool = True) -> Path:
+        path = self.mountpoint / name
+        wait_for(f"{name} {'to appear' if present else 'to vanish'}",
+                 lambda: (name in os.listdir(self.mountpoint)) == present)  # fmt: skip
+        return path
+
+
+@pytest.fixture
+def mount_factory(
+    tmp_path: Path, isolated_network: None
+) -> Iterator[Callable[..., TorrentfsMount]]:
+    started: list[TorrentfsMount] = []
+
+    def make(*extra: str, name: str = "m") -> TorrentfsMount:
+        m = TorrentfsMount(tmp_path / name, *extra)
+        started.append(m)
+        m.start()
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in started:
+            with contextlib.suppress(Exception):
+                if m.proc is not None and m.proc.poll() is None:
+                    m.stop()
+            m.cleanup()
+
+
+def seeded(
+    tmp: Path,
+    tracker: Opentracker,
+    seeder_factory: PeerFactory,
+    layout: int | str | Sequence[tuple[str, int]],
+    *,
+    piece_length: int = 32768,
+    name: str = "payload",
+) -> tuple[Payload, Path, LibtorrentPeer]:
+    payload = make_payload(tmp / "src", layout, name=name)
+    torrent = make_torrent(
+        payload.root, tmp / f"{name}.torrent", piece_length=piece_length,
+        trackers=[tracker.http_url],
+    )  # fmt: skip
+    tracker.allow(torrent.info_hash)
+    seeder = seeder_factory(torrent, payload.root.parent)
+    tracker.wait_seeders(torrent.info_hash)
+    return payload, torrent.path, seeder
+
+
+# --------------------------------------------------------------------------- byte-exact reads
+
+
+def test_every_file_through_the_mount_equals_the_source(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    payload, torrent, _ = seeded(tmp_path, tracker, lt_seeder_factory, "multi")
+    m = mount_factory("--read-timeout", "30")
+    m.add(torrent)
+    top = m.wait_entry("payload")
+    for rel, size in MULTI_LAYOUT:
+        assert (top / rel).stat().st_size == size
+        out = subprocess.run(["sha256sum", str(top / rel)], capture_output=True, check=True)
+        assert out.stdout.split()[0].decode() == sha256_file(payload.root / rel), rel
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(top), str(copy)], check=True)
+    for rel, _ in MULTI_LAYOUT:
+        assert sha256_file(copy / rel) == sha256_file(payload.root / rel)
+    dd = subprocess.run(
+        ["dd", f"if={top / 'z/last.bin'}", "bs=1M", "status=none"], capture_output=True, check=True
+    )
+    assert dd.stdout == (payload.root / "z/last.bin").read_bytes()
+    # getfattr -d lists the state attributes.
+    attrs = subprocess.run(["getfattr", "-d", str(top / "a.bin")], capture_output=True, text=True)
+    for name in ("infohash", "progress", "peers", "download_rate", "magnet", "status"):
+        assert f"user.torrentfs.{name}=" in attrs.stdout, attrs.stdout
+    assert 'progress="1.0000"' in attrs.stdout
+
+
+def test_random_preads_with_four_concurrent_readers(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    payload, torrent, _ = seeded(tmp_path, tracker, lt_seeder_factory, 8 * MiB, name="rand")
+    m = mount_factory("--read-timeout", "30")
+    m.add(torrent)
+    path = m.wait_entry("rand.bin")
+    source = (payload.root).read_bytes()
+    failures: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for _ in range(50):
+                off = rng.randrange(0, len(source) + 100)
+                size = rng.choice([1, 100, 4096, 65536, 300_000, 2 * MiB])
+                got = os.pread(fd, size, off)
+                if got != source[off : off + size]:
+                    failures.append(f"pread({off}, {size}) differs")
+        except OSError as exc:
+            failures.append(f"reader {seed}: {exc}")
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+# --------------------------------------------------------------------------- only what is read
+
+
+def test_reading_the_start_of_a_big_file_downloads_only_that_plus_readahead(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    readahead_max = 16 * MiB
+    piece = 1 * MiB
+    payload, torrent, _ = seeded(
+        tmp_path, tracker, lt_seeder_factory, BIG, piece_length=piece, name="big"
+    )
+    m = mount_factory("--read-timeout", "60", "--readahead-max", "16M")
+    m.add(torrent)
+    path = m.wait_entry("big.bin")
+    with path.open("rb") as f:
+        head = f.read(10 * MiB)
+    assert head == (payload.root).open("rb").read(10 * MiB)
+    data_file = m.download_dir / "big.bin"
+    # Once the handle is closed nothing more is wanted; wait for the pieces in flight to land.
+    last = -1
+
+    def settled() -> bool:
+        nonlocal last
+        now = data_file.stat().st_blocks
+        done = now == last
+        last = now
+        time.sleep(0.5)
+        return done
+
+    wait_for("downloads to settle", settled, 60)
+    allocated = data_file.stat().st_blocks * 512
+    tail = 2 * piece  # the file's tail, wanted on open
+    bound = 10 * MiB + readahead_max + tail + 2 * piece  # pieces round each range up
+    print(f"allocated {allocated / MiB:.1f} MiB of a {BIG / MiB:.0f} MiB file (bound "
+          f"{bound / MiB:.0f} MiB)")  # fmt: skip
+    assert 10 * MiB <= allocated <= bound
+
+
+# --------------------------------------------------------------------------- media probes
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_ffprobe_finds_the_index_and_duration(
+    container: str,
+    tmp_path: Path,
+    tracker: Opentracker,
+    lt_seeder_factory: PeerFactory,
+    mount_factory: Any,
+) -> None:
+    src = tmp_path / "media"
+    src.mkdir()
+    video = src / f"clip.{container}"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+         "-i", "testsrc=duration=10:size=320x240:rate=25", "-c:v", "mpeg4", str(video)],
+        check=True,
+    )  # fmt: skip
+    torrent = make_torrent(video, tmp_path / "clip.torrent", trackers=[tracker.http_url])
+    tracker.allow(torrent.info_hash)
+    lt_seeder_factory(torrent, src)
+    tracker.wait_seeders(torrent.info_hash)
+    m = mount_factory("--read-timeout", "30")
+    m.add(torrent.path)
+    path = m.wait_entry(video.name)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    duration = float(json.loads(out.stdout)["format"]["duration"])
+    assert abs(duration - 10.0) < 0.1
+
+
+# --------------------------------------------------------------------------- the live folder
+
+
+def test_metainfo_folder_changes_while_mounted(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    p1, t1, _ = seeded(tmp_path / "one", tracker, lt_seeder_factory, 100_000, name="first")
+    p2, t2, _ = seeded(tmp_path / "two", tracker, lt_seeder_factory, 50_000, name="second")
+    m = mount_factory("--read-timeout", "30")
+    placed = m.add(t1, "x.torrent")
+    f1 = m.wait_entry("first.bin")
+    assert f1.read_bytes() == p1.root.read_bytes()
+    # Replace: the same file name now describes another torrent.
+    m.add(t2, "x.torrent")
+    f2 = m.wait_entry("second.bin")
+    m.wait_entry("first.bin", present=False)
+    assert f2.read_bytes() == p2.root.read_bytes()
+    # Corrupt: a bad file is ignored and nothing else is disturbed.
+    (m.metainfo_dir / "bad.torrent").write_bytes(b"d4:infoi3ee")
+    (m.metainfo_dir / "junk.magnet").write_text("not a magnet\n")
+    # A magnet shows at once, as an empty directory named after dn.
+    h = "ab" * 20
+    (m.metainfo_dir / "show.magnet").write_text(f"# comment\nmagnet:?xt=urn:btih:{h}&dn=Show\n")
+    show = m.wait_entry("Show")
+    assert os.listdir(show) == []
+    assert os.getxattr(show, "user.torrentfs.infohash") == h.encode()
+    assert f2.read_bytes() == p2.root.read_bytes()
+    # Remove: entries vanish, an open handle gets EIO, the data stays on disk.
+    fd = os.open(f2, os.O_RDONLY)
+    try:
+        placed.unlink()
+        m.wait_entry("second.bin", present=False)
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 10, 40_000)
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert (m.download_dir / "second.bin").stat().st_size == 50_000
+    assert os.listdir(m.mountpoint) == ["Show"]
+    assert m.proc is not None and m.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- no hangs
+
+
+def test_seeder_stopped_mid_read_gives_eio_then_recovers(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    payload, torrent, seeder = seeded(
+        tmp_path, tracker, lt_seeder_factory, 32 * MiB, piece_length=1 * MiB, name="gone"
+    )
+    m = mount_factory("--read-timeout", "3", "--readahead-max", "2M")
+    m.add(torrent)
+    path = m.wait_entry("gone.bin")
+    source = payload.root
+    with path.open("rb") as f:
+        assert f.read(MiB) == source.open("rb").read(MiB)
+    host, port = seeder.address
+    seeder.stop()
+    started = time.monotonic()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 4096, 30 * MiB)
+        assert info.value.errno == errno.EIO
+        print(f"EIO after {time.monotonic() - started:.1f} s (read timeout 3 s)")
+        assert sorted(os.listdir(m.mountpoint)) == ["gone.bin"]  # the mount is still usable
+        # The seeder comes back on the same address: reads work again.
+        back = LibtorrentPeer("seed", torrent, source.parent, host=host, port=port,
+                              log_dir=tmp_path / "logs")  # fmt: skip
+        with back:
+            tracker.wait_seeders(bytes.fromhex(_info_hash(torrent)))
+
+            def works() -> bool:
+                try:
+                    return os.pread(fd, 4096, 30 * MiB) == _slice(source, 30 * MiB, 4096)
+                except OSError:
+                    return False
+
+            wait_for("reads to work again", works, 120)
+    finally:
+        os.close(fd)
+
+
+def _info_hash(torrent: Path) -> str:
+    from swarm import read_torrent
+
+    return read_torrent(torrent).info_hash_hex
+
+
+def _slice(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def test_unmount_with_three_blocked_readers(
+    tmp_path: Path, tracker: Opentracker, mount_factory: Any
+) -> None:
+    # A torrent nobody seeds: every read blocks until the (long) read timeout.
+    payload = make_payload(tmp_path / "src", 4 * MiB, name="lonely")
+    torrent = make_torrent(payload.root, tmp_path / "lonely.torrent", trackers=[tracker.http_url])
+    tracker.allow(torrent.info_hash)
+    m = mount_factory("--read-timeout", "600")
+    m.add(torrent.path)
+    path = m.wait_entry("lonely.bin")
+    readers = [
+        subprocess.Popen(
+            ["dd", f"if={path}", "of=/dev/null", "bs=64k", f"skip={i * 10}"], stderr=subprocess.PIPE
+        )
+        for i in range(3)
+    ]
+    try:
+        time.sleep(1.0)  # let them block (not a verdict: they block for 600 s otherwise)
+        assert all(r.poll() is None for r in readers)
+        took = m.stop(timeout=15)
+        print(f"unmounted with 3 blocked readers in {took:.2f} s")
+        assert m.proc is not None and m.proc.returncode == 0, m.log()
+        assert not is_mounted(m.mountpoint)
+        for r in readers:
+            r.wait(15)
+            assert r.returncode != 0
+    finally:
+        for r in readers:
+            if r.poll() is None:
+                r.kill()
+                r.wait()
+
+
+def test_unmount_from_outside_ends_the_process(tmp_path: Path, mount_factory: Any) -> None:
+    m = mount_factory()
+    subprocess.run(["fusermount3", "-u", str(m.mountpoint)], check=True)
+    assert m.proc is not None
+    assert m.proc.wait(15) == 0, m.log()
+
+
+def test_stale_mount_point_is_recovered(tmp_path: Path, mount_factory: Any) -> None:
+    m = mount_factory()
+    assert m.proc is not None
+    m.proc.kill()  # a crash: the kernel keeps a dead mount
+    m.proc.wait()
+    with pytest.raises(OSError) as info:
+        os.stat(m.mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+    m.start()
+    assert os.listdir(m.mountpoint) == []
+    assert "stale mount" in m.log()
+    assert m.stop() < 15 and m.proc.returncode == 0
+
+
+def test_bad_mountpoint_is_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "meta").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "torrentfs", str(tmp_path / "meta"), str(tmp_path / "nowhere"),
+         "--download-dir", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s"),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("torrentfs: ")
+    assert "Traceback" not in out.stderr

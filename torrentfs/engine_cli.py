@@ -1,0 +1,270 @@
+"""`torrentfs download` and `torrentfs seed` (L6): the engine as a plain BitTorrent client.
+
+Both run one session with one torrent. `download` fetches every piece, verifies it, and exits 0
+once the whole torrent is on disk; `seed` verifies local data and serves it until interrupted
+(SIGINT/SIGTERM end it cleanly, announcing `stopped`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from torrentfs.errors import TorrentfsError
+from torrentfs.metainfo import Metainfo, parse_metainfo
+from torrentfs.session import (
+    SessionConfig,
+    default_state_dir,
+    open_session,
+)
+from torrentfs.torrent import Torrent, TorrentConfig
+from torrentfs.types import PeerAddress
+
+log = logging.getLogger("torrentfs")
+
+
+def parse_host_port(text: str) -> PeerAddress:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return PeerAddress(host, int(port))
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the engine."""
+    parser.add_argument(
+        "--listen",
+        type=parse_host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="listen address and port (default: all interfaces, port 6881)",
+    )
+    parser.add_argument("--port", type=int, default=None, help="listen port (default 6881)")
+    parser.add_argument("--no-dht", action="store_true", help="do not use the DHT")
+    parser.add_argument("--no-upload", action="store_true", help="never upload to peers")
+    parser.add_argument("--no-trackers", action="store_true", help="do not announce to trackers")
+    parser.add_argument(
+        "--max-peers", type=int, default=50, help="connections per torrent (default 50)"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=200, help="connections in total (default 200)"
+    )
+    parser.add_argument(
+        "--max-half-open", type=int, default=16, help="concurrent connection attempts (default 16)"
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        type=parse_host_port,
+        default=[],
+        metavar="HOST:PORT",
+        help="connect to this peer directly (repeatable)",
+    )
+    parser.add_argument("--state-dir", type=Path, default=None, help="resume and DHT state")
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    parser.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+
+
+def session_config(args: argparse.Namespace, download_dir: Path) -> SessionConfig:
+    host = None
+    port = 6881
+    if args.listen is not None:
+        host = None if args.listen.host in ("0.0.0.0", "") else args.listen.host
+        port = args.listen.port
+    if args.port is not None:
+        port = args.port
+    return SessionConfig(
+        download_dir=download_dir,
+        state_dir=args.state_dir or default_state_dir(),
+        listen_host=host,
+        listen_port=port,
+        upload=not args.no_upload,
+        dht=not args.no_dht,
+        trackers=not args.no_trackers,
+        max_connections=args.max_connections,
+        max_half_open=args.max_half_open,
+        torrent=TorrentConfig(max_peers=args.max_peers, upload=not args.no_upload),
+        recheck=getattr(args, "recheck", False),
+    )
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = "debug" if args.verbose else (args.log_level or "info")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def load_torrent_file(path: Path) -> Metainfo:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TorrentfsError(f"{path}: {exc.strerror or exc}")
+    try:
+        return parse_metainfo(data)
+    except TorrentfsError as exc:
+        raise TorrentfsError(f"{path}: invalid torrent: {exc}")
+
+
+def _human_rate(rate: float) -> str:
+    return f"{rate / 1e6:.1f} MB/s"
+
+
+def _progress_line(torrent: Torrent, started: float) -> str:
+    s = torrent.statistics()
+    rate = s.download_rate
+    left = s.total_size - s.verified_bytes
+    eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+    return (
+        f"{s.name}: {s.progress * 100:5.1f}%  {_human_rate(rate)} down  "
+        f"{_human_rate(s.upload_rate)} up  {s.peers} peers  ETA {eta}"
+    )
+
+
+async def _report_progress(torrent: Torrent, interval: float) -> None:
+    tty = sys.stderr.isatty()
+    started = time.monotonic()
+    while True:
+        await trio.sleep(0.5 if tty else interval)
+        line = _progress_line(torrent, started)
+        if tty:
+            print(f"\r\x1b[K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def run_download(args: argparse.Namespace) -> int:
+    metainfo = load_torrent_file(args.torrent)
+    out: Path = args.output
+    config = session_config(args, out)
+    wall0 = time.monotonic()
+    async with open_session(config) as session:
+        torrent = await session.add_torrent(metainfo, data_dir=out, download_all=True)
+        torrent.add_peers(list(args.peer), "command line")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_report_progress, torrent, args.progress_interval)
+
+            async def interrupted() -> None:
+                await _wait_for_signal()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(interrupted)
+            await torrent.wait_complete()
+            nursery.cancel_scope.cancel()
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        if not torrent.complete:
+            print("torrentfs: download interrupted", file=sys.stderr)
+            return 130
+        elapsed = time.monotonic() - wall0
+        stats = torrent.statistics()
+        first = (
+            torrent.first_piece_at - torrent.started_at
+            if torrent.first_piece_at is not None
+            else None
+        )
+        print(
+            f"{metainfo.name}: complete, {stats.total_size / 1e6:.1f} MB in {elapsed:.1f} s "
+            f"({stats.total_size / max(elapsed, 1e-9) / 1e6:.1f} MB/s), "
+            f"{stats.hash_failures} hash failures",
+            file=sys.stderr,
+        )
+        if args.json_stats:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            print(
+                json.dumps(
+                    {
+                        "seconds": elapsed,
+                        "first_piece_seconds": first,
+                        "bytes": stats.total_size,
+                        "downloaded": stats.downloaded,
+                        "hash_failures": stats.hash_failures,
+                        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                        "peak_rss_bytes": usage.ru_maxrss * 1024,
+                    }
+                ),
+                flush=True,
+            )
+    return 0
+
+
+async def run_seed(args: argparse.Namespace) -> int:
+    metainfo = load_torrent_file(args.torrent)
+    data: Path = args.data
+    config = session_config(args, data)
+    async with open_session(config) as session:
+        torrent = await session.add_torrent(metainfo, data_dir=data, recheck=True)
+        s = torrent.statistics()
+        if s.pieces_verified < s.num_pieces:
+            log.warning(
+                "%s: only %d of %d pieces verified in %s; seeding what is there",
+                metainfo.name,
+                s.pieces_verified,
+                s.num_pieces,
+                data,
+            )
+        log.info(
+            "%s: seeding on port %d (%d/%d pieces)",
+            metainfo.name,
+            session.listen_port,
+            s.pieces_verified,
+            s.num_pieces,
+        )
+        if args.ready_file:
+            args.ready_file.write_text(f"{session.listen_port}\n")
+        torrent.add_peers(list(args.peer), "command line")
+        await _wait_for_signal()
+    return 0
+
+
+def build_download_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download a whole torrent to a directory")
+    p.add_argument("torrent", type=Path, metavar="TORRENT")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="directory to save into (default: .)"
+    )
+    p.add_argument("--recheck", action="store_true", help="hash all existing data first")
+    p.add_argument("--json-stats", action="store_true", help="print a JSON stats line at the end")
+    p.add_argument("--progress-interval", type=float, default=5.0, help=argparse.SUPPRESS)
+    add_engine_options(p)
+    p.set_defaults(func=cmd_download)
+
+
+def build_seed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("seed", help="verify local data and seed it until interrupted")
+    p.add_argument("torrent", type=Path, metavar="TORRENT")
+    p.add_argument(
+        "--data", type=Path, required=True, help="directory holding the torrent's content"
+    )
+    p.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    add_engine_options(p)
+    p.set_defaults(func=cmd_seed)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    setup_logging(args)
+    if args.output is None:
+        args.output = Path.cwd()
+    return trio.run(run_download, args)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    setup_logging(args)
+    return trio.run(run_seed, args)

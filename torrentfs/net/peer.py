@@ -1,0 +1,137 @@
+"""One TCP connection to a peer (L4): the only owner of its socket.
+
+Guarantees (DESIGN.md §3 rule 2):
+- exactly one reader (`receive_events`) and one writer (`run_writer`) per socket;
+- everything sent goes through a bounded outbox: `queue()` never blocks the caller and raises
+  `ProtocolError(remote=True)` when the peer does not drain what we send (so a slow or stalled peer
+  loses its own connection and never stalls the engine);
+- every wait is bounded: the handshake has a deadline, and the owner bounds idle reads;
+- reads use large receive buffers (DESIGN.md §3 rule 10) and framing lives in the sans-IO
+  `wire.protocol.PeerProtocol` (BEP 3).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+
+import trio
+
+from torrentfs.errors import ProtocolError
+from torrentfs.types import PeerAddress
+from torrentfs.wire.handshake import HANDSHAKE_LEN, Handshake
+from torrentfs.wire.protocol import PeerProtocol
+
+RECEIVE_SIZE = 256 * 1024
+OUTBOX_LIMIT = 16 * 1024 * 1024
+"""Bytes queued to one peer before we decide it does not read what we send."""
+
+
+def tune_socket(stream: trio.SocketStream) -> None:
+    """Large kernel buffers and no Nagle delay: requests must leave at once (BEP 3 pipelining)."""
+    try:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    except OSError:
+        pass
+
+
+class PeerConnection:
+    """A handshaken (or handshaking) connection: framing, outbox and a writer task."""
+
+    def __init__(self, stream: trio.SocketStream, address: PeerAddress, *, outgoing: bool) -> None:
+        self.stream = stream
+        self.address = address
+        self.outgoing = outgoing
+        self.protocol: PeerProtocol | None = None
+        self.remote_handshake: Handshake | None = None
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._wake = trio.Event()
+        self._closed = False
+        self._pending = bytearray()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        tune_socket(stream)
+
+    # -- handshake (BEP 3) -------------------------------------------------------------------
+
+    async def send_handshake(self, handshake: Handshake) -> None:
+        await self.stream.send_all(handshake.encode())
+
+    async def receive_handshake(self) -> Handshake:
+        """Read exactly one handshake; bytes after it are kept for the message parser."""
+        while len(self._pending) < HANDSHAKE_LEN:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                raise ProtocolError("peer closed the connection during the handshake")
+            self._pending += data
+        hs = Handshake.decode(bytes(self._pending[:HANDSHAKE_LEN]))
+        del self._pending[:HANDSHAKE_LEN]
+        self.remote_handshake = hs
+        return hs
+
+    def start_protocol(
+        self, num_pieces: int | None, piece_size: Callable[[int], int] | None
+    ) -> None:
+        """Switch to message framing once the handshake is done."""
+        proto = PeerProtocol(num_pieces, piece_size, remote_handshake=self.remote_handshake)
+        if self._pending:
+            proto.receive(bytes(self._pending))
+            self._pending.clear()
+        self.protocol = proto
+
+    # -- receive -----------------------------------------------------------------------------
+
+    async def receive_events(self) -> Sequence[object]:
+        """Wait for data and return the messages it completes (maybe none). EOF -> ProtocolError."""
+        assert self.protocol is not None
+        events = self.protocol.next_events()
+        if events:
+            return events
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise ProtocolError("peer closed the connection")
+        self.bytes_received += len(data)
+        self.protocol.receive(data)
+        return self.protocol.next_events()
+
+    # -- send --------------------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        """Queue bytes for the writer task; never blocks."""
+        if self._closed:
+            return
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        if self._outbox_bytes > OUTBOX_LIMIT:
+            raise ProtocolError(f"peer {self.address} does not read what we send")
+        self._wake.set()
+
+    @property
+    def outbox_bytes(self) -> int:
+        return self._outbox_bytes
+
+    async def run_writer(self) -> None:
+        """The single send path: drains the outbox, joining small messages into one write."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._outbox:
+                chunk = self._outbox
+                self._outbox = []
+                size = self._outbox_bytes
+                self._outbox_bytes = 0
+                payload = b"".join(chunk) if len(chunk) > 1 else chunk[0]
+                await self.stream.send_all(payload)
+                self.bytes_sent += size
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass

@@ -1,0 +1,277 @@
+"""The BitTorrent session (L5): one listener, global limits, and every torrent by info-hash.
+
+`open_session(config)` is an async context manager: it binds the listening sockets (IPv4 and
+IPv6), owns the shared HTTP client for trackers, and runs every torrent's supervisor in its own
+nursery (DESIGN.md §3 rule 1). Leaving the context stops every torrent (announcing `stopped`
+within a bounded time) and closes the listener.
+
+Limits enforced here: total peer connections, half-open (connecting) dials, and a handshake
+deadline for incoming connections, so strangers cannot exhaust us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from torrentfs.bitfield import Bitfield
+from torrentfs.errors import ProtocolError, TorrentfsError
+from torrentfs.metainfo import Metainfo
+from torrentfs.net.peer import PeerConnection
+from torrentfs.torrent import Torrent, TorrentConfig, TorrentStats
+from torrentfs.types import PeerAddress
+
+log = logging.getLogger(__name__)
+
+PEER_ID_PREFIX = b"-TF0100-"
+"""Azureus-style client id (BEP 20): TF = torrentfs, version 0.1.0.0."""
+
+
+def make_peer_id() -> bytes:
+    alphabet = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    tail = bytes(alphabet[b % len(alphabet)] for b in secrets.token_bytes(12))
+    return PEER_ID_PREFIX + tail
+
+
+@dataclass
+class SessionConfig:
+    """Everything a session needs; the CLI and the mount fill it from options."""
+
+    download_dir: Path
+    state_dir: Path
+    listen_host: str | None = None
+    """None: every interface, IPv4 and IPv6. Tests pass 127.0.0.x."""
+    listen_port: int = 6881
+    upload: bool = True
+    dht: bool = False
+    trackers: bool = True
+    max_connections: int = 200
+    max_half_open: int = 16
+    handshake_timeout: float = 10.0
+    torrent: TorrentConfig = field(default_factory=TorrentConfig)
+    recheck: bool = False
+    udp_tracker_base_timeout: float = 15.0
+
+
+class Session:
+    """All torrents of one process. Create with `open_session`."""
+
+    def __init__(self, config: SessionConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.peer_id = make_peer_id()
+        self.torrents: dict[bytes, Torrent] = {}
+        self._scopes: dict[bytes, trio.CancelScope] = {}
+        self._nursery = nursery
+        self._half_open = trio.Semaphore(config.max_half_open)
+        self._connections = trio.Semaphore(config.max_connections)
+        self.listen_port = config.listen_port
+        self.http_client: Any = None
+        self._listeners: list[trio.SocketListener] = []
+
+    # ------------------------------------------------------------------ listening
+
+    async def _open_listeners(self) -> None:
+        host = self.config.listen_host
+        port = self.config.listen_port
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=128)
+        except OSError as exc:
+            if port == 0:
+                raise
+            log.warning("cannot listen on port %d (%s); using a random port", port, exc)
+            listeners = await trio.open_tcp_listeners(0, host=host, backlog=128)
+        self._listeners = listeners
+        self.listen_port = listeners[0].socket.getsockname()[1]
+        for listener in listeners:
+            self._nursery.start_soon(self._accept_loop, listener)
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                self._nursery.start_soon(self._incoming, stream)
+
+    async def _incoming(self, stream: trio.SocketStream) -> None:
+        sockname = stream.socket.getpeername()
+        addr = PeerAddress(str(sockname[0]), int(sockname[1]))
+        conn = PeerConnection(stream, addr, outgoing=False)
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                hs = await conn.receive_handshake()
+        except (TorrentfsError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            log.debug("incoming %s: handshake failed: %s", addr, exc)
+            await conn.aclose()
+            return
+        torrent = self.torrents.get(hs.info_hash)
+        if torrent is None or not torrent.accept(conn, hs):
+            await conn.aclose()
+
+    # ------------------------------------------------------------------ torrents
+
+    def _resume_path(self, info_hash: bytes) -> Path:
+        return self.config.state_dir / "resume" / f"{info_hash.hex()}.resume"
+
+    async def add_torrent(
+        self,
+        metainfo: Metainfo,
+        *,
+        data_dir: Path | None = None,
+        download_all: bool = False,
+        recheck: bool | None = None,
+    ) -> Torrent:
+        """Register a torrent (idempotent by info-hash) and start its supervisor.
+
+        Data lives under `data_dir` (default: the session's download dir) as `<name>/...`.
+        Verified pieces are found again from the resume state and, for pieces it does not cover,
+        by hashing whatever data is already on disk (so a crash never loses verified work).
+        """
+        existing = self.torrents.get(metainfo.info_hash)
+        if existing is not None:
+            return existing
+        from torrentfs.storage.files import FileStore
+        from torrentfs.storage.resume import ResumeWriter, load_resume
+        from torrentfs.storage.resume import recheck as recheck_pieces
+
+        root = data_dir if data_dir is not None else self.config.download_dir
+        store = FileStore(root, metainfo)
+        resume_path = self._resume_path(metainfo.info_hash)
+        do_recheck = self.config.recheck if recheck is None else recheck
+        have: Bitfield
+        if do_recheck:
+            have = await recheck_pieces(store, metainfo)
+        else:
+            have = load_resume(resume_path, metainfo, root)
+            if not have.all():
+                found = await recheck_pieces(store, metainfo, skip=have)
+                for i in found.iter_set():
+                    have.set(i)
+        writer = ResumeWriter(resume_path, metainfo, root, have)
+        torrent = Torrent(
+            metainfo,
+            store,
+            peer_id=self.peer_id,
+            listen_port=self.listen_port,
+            config=self.config.torrent,
+            have=have,
+            on_verified=writer.mark_verified,
+            trackers_factory=self._make_trackers if self.config.trackers else None,
+            half_open=self._half_open,
+            global_peers=self._connections,
+        )
+        if download_all:
+            torrent.picker.set_download_all(True)
+        self.torrents[metainfo.info_hash] = torrent
+        scope = trio.CancelScope()
+        self._scopes[metainfo.info_hash] = scope
+        await self._nursery.start(self._run_torrent, torrent, store, writer, scope)
+        if download_all:
+            torrent.set_download_all(True)
+        if have.any():
+            log.info(
+                "%s: %d of %d pieces already verified",
+                metainfo.name,
+                have.count(),
+                metainfo.num_pieces,
+            )
+        return torrent
+
+    async def _run_torrent(
+        self,
+        torrent: Torrent,
+        store: Any,
+        writer: Any,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(torrent.run)
+                    nursery.start_soon(writer.run, store)
+                    task_status.started()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await writer.flush(store)
+                except TorrentfsError as exc:
+                    log.error("%s: cannot save resume state: %s", torrent.metainfo.name, exc)
+                await store.aclose()
+            self.torrents.pop(torrent.info_hash, None)
+            self._scopes.pop(torrent.info_hash, None)
+
+    def _make_trackers(self, torrent: Torrent) -> Any:
+        from torrentfs.net.tracker_client import make_tracker_set
+
+        if not torrent.metainfo.trackers:
+            return None
+        return make_tracker_set(self, torrent)
+
+    async def remove_torrent(self, info_hash: bytes) -> None:
+        torrent = self.torrents.get(info_hash)
+        if torrent is None:
+            return
+        torrent.close()
+        scope = self._scopes.get(info_hash)
+        if scope is not None:
+            scope.cancel()
+
+    def get(self, info_hash: bytes) -> Torrent | None:
+        return self.torrents.get(info_hash)
+
+    def statistics(self) -> list[TorrentStats]:
+        return [t.statistics() for t in self.torrents.values()]
+
+
+@asynccontextmanager
+async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
+    """Start a session; leaving the block stops every torrent and the listener."""
+    import httpx
+
+    config.download_dir.mkdir(parents=True, exist_ok=True)
+    (config.state_dir / "resume").mkdir(parents=True, exist_ok=True)
+    async with (
+        httpx.AsyncClient(
+            follow_redirects=True, timeout=httpx.Timeout(15.0), trust_env=False
+        ) as http_client,
+        trio.open_nursery() as nursery,
+    ):
+        session = Session(config, nursery)
+        session.http_client = http_client
+        await session._open_listeners()
+        try:
+            yield session
+        finally:
+            for info_hash in list(session.torrents):
+                await session.remove_torrent(info_hash)
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                while session.torrents:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    return Path(base) / "torrentfs"
+
+
+def default_download_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "torrentfs"
+
+
+__all__ = ["ProtocolError", "Session", "SessionConfig", "open_session"]

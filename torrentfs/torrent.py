@@ -1,0 +1,872 @@
+"""One torrent's supervisor (L5): peers, requests, verification, storage, wants and reads.
+
+What it guarantees:
+- **Only wanted pieces are fetched** (DESIGN.md §5): the picker holds the wants (reader windows,
+  `download_all`); with no want and nothing to seed, the torrent opens no connection at all.
+- **Only verified data is served** (rule 6): a piece becomes readable after its SHA-1 matched
+  (BEP 3), was written, and its waiters are woken; failed pieces are discarded and re-fetched,
+  and peers that keep sending bad data are banned.
+- **Every task has a parent** (rule 1): all tasks run in the torrent's nursery, started by
+  `run()`, which the session starts in its own nursery; `close()` ends them all.
+- **Every wait is bounded** (rule 4): reads take a timeout; handshakes, idle peers and requests time
+  out; a peer that stalls loses only its own connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from torrentfs.bitfield import Bitfield
+from torrentfs.choker import Choker, PeerView
+from torrentfs.errors import (
+    ProtocolError,
+    ReadTimeout,
+    StorageError,
+    TorrentfsError,
+    TorrentRemoved,
+)
+from torrentfs.metainfo import Metainfo
+from torrentfs.net.peer import PeerConnection
+from torrentfs.picker import PiecePicker, Priority
+from torrentfs.rate import RateMeter
+from torrentfs.types import BLOCK_SIZE, PeerAddress
+from torrentfs.wire import extension
+from torrentfs.wire import messages as m
+from torrentfs.wire.handshake import Handshake
+
+if TYPE_CHECKING:
+    from torrentfs.storage.base import PieceStore
+
+log = logging.getLogger(__name__)
+
+CLIENT_VERSION = "torrentfs 0.1"
+
+
+@dataclass
+class TorrentConfig:
+    """Per-torrent limits and switches (filled from the session's configuration)."""
+
+    max_peers: int = 50
+    upload: bool = True
+    request_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 150.0
+    keepalive_interval: float = 60.0
+    min_pipeline: int = 32
+    max_pipeline: int = 1500
+    pipeline_seconds: float = 0.5
+    max_peer_requests: int = 500
+    hash_failures_to_ban: int = 3
+    verify_workers: int = 2
+
+
+@dataclass
+class TorrentStats:
+    """A snapshot for status displays and xattrs (`statistics()`)."""
+
+    info_hash: str
+    name: str
+    state: str
+    peers: int
+    seeds: int
+    download_rate: float
+    upload_rate: float
+    downloaded: int
+    uploaded: int
+    verified_bytes: int
+    total_size: int
+    progress: float
+    pieces_verified: int
+    num_pieces: int
+    hash_failures: int
+    banned: int
+    file_progress: list[float] = field(default_factory=list)
+
+
+class Peer:
+    """Our view of one connected peer (BEP 3 state plus pipelining and trust)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, conn: PeerConnection, torrent: Torrent) -> None:
+        self.uid = next(Peer._ids)
+        self.conn = conn
+        self.address = conn.address
+        self.torrent = torrent
+        self.peer_id = b""
+        self.fast = False
+        self.extensions = False
+        self.am_choking = True
+        self.am_interested = False
+        self.peer_choking = True
+        self.peer_interested = False
+        self.is_seed = False
+        self.pipeline = torrent.config.min_pipeline
+        self.download = RateMeter()
+        self.upload = RateMeter()
+        self.last_received = 0.0
+        self.last_sent = 0.0
+        self.snubbed = False
+        self.allowed_fast: set[int] = set()
+        self.ext_ids: dict[str, int] = {}
+        self.reqq = 250
+        self.client = ""
+        self.pending_uploads = 0
+
+    def __hash__(self) -> int:
+        return self.uid
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.address}>"
+
+
+class PieceBuffer:
+    """Blocks of a piece being assembled in memory, and who sent them (for blame on hash fail)."""
+
+    __slots__ = ("contributors", "data", "received")
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.received = 0
+        self.contributors: set[Peer] = set()
+
+
+class Want:
+    """A registration "I want bytes [offset, offset+length) by `deadline`" (dropped on release)."""
+
+    def __init__(self, torrent: Torrent, want_id: int) -> None:
+        self._torrent = torrent
+        self.want_id = want_id
+        self.active = False
+
+    def update(
+        self, offset: int, length: int, *, priority: Priority, deadline: float | None
+    ) -> None:
+        self._torrent._set_want(self.want_id, offset, length, priority, deadline)
+        self.active = True
+
+    def drop(self) -> None:
+        if self.active:
+            self._torrent._drop_want(self.want_id)
+            self.active = False
+
+
+class Torrent:
+    """The per-torrent supervisor. Construct, then `await nursery.start(torrent.run)`."""
+
+    def __init__(
+        self,
+        metainfo: Metainfo,
+        store: PieceStore,
+        *,
+        peer_id: bytes,
+        listen_port: int,
+        config: TorrentConfig,
+        have: Bitfield | None = None,
+        on_verified: Callable[[int], None] | None = None,
+        trackers_factory: Callable[[Torrent], Any] | None = None,
+        half_open: trio.Semaphore | None = None,
+        global_peers: trio.Semaphore | None = None,
+    ) -> None:
+        self.metainfo = metainfo
+        self.info_hash = metainfo.info_hash
+        self.geometry = metainfo.geometry
+        self.store = store
+        self.peer_id = peer_id
+        self.listen_port = listen_port
+        self.config = config
+        self.have = have if have is not None else Bitfield(metainfo.num_pieces)
+        self.picker: PiecePicker[Peer] = PiecePicker(self.geometry, self.have)
+        self.peers: dict[Peer, None] = {}
+        self.known: dict[PeerAddress, float] = {}
+        """Peers we may dial -> earliest time to try again."""
+        self.failures: dict[PeerAddress, int] = {}
+        self.banned: set[str] = set()
+        self.buffers: dict[int, PieceBuffer] = {}
+        self._piece_events: dict[int, trio.Event] = {}
+        self._want_ids = itertools.count(1)
+        self._on_verified = on_verified
+        self._trackers_factory = trackers_factory
+        self._trackers: Any = None
+        self._half_open = half_open or trio.Semaphore(16)
+        self._global_peers = global_peers
+        self._nursery: trio.Nursery | None = None
+        self._active = False
+        self._closed = False
+        self._dial_wake = trio.Event()
+        self._verify_send, self._verify_recv = trio.open_memory_channel[
+            tuple[int, bytes, set[Peer]]
+        ](8)
+        self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._choker = Choker(slots=4)
+        self.download = RateMeter()
+        self.upload = RateMeter()
+        self.hash_failures = 0
+        self.downloaded = 0
+        self.uploaded = 0
+        self.error: str | None = None
+        self._rng = random.Random()
+        self._pieces_verified = self.have.count()
+        self._complete_event = trio.Event()
+        if self.have.all():
+            self._complete_event.set()
+        self.started_at = 0.0
+        self.first_piece_at: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (by `close()` or the session): supervisor of every task here."""
+        self.started_at = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for _ in range(self.config.verify_workers):
+                    nursery.start_soon(self._verifier)
+                nursery.start_soon(self._ticker)
+                if self.config.upload and self.have.any():
+                    self._activate()
+                task_status.started()
+        finally:
+            self._closed = True
+            self._wake_all_waiters()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake_all_waiters()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def complete(self) -> bool:
+        return self.have.all()
+
+    async def wait_complete(self) -> None:
+        await self._complete_event.wait()
+        if self._closed and not self.have.all():
+            raise TorrentRemoved(f"{self.metainfo.name}: torrent closed")
+
+    def add_peers(self, addresses: list[PeerAddress], source: str = "tracker") -> None:
+        """New candidate peers (tracker, PEX, magnet x.pe, DHT)."""
+        added = 0
+        for addr in addresses:
+            if addr.host in self.banned or addr in self.known:
+                continue
+            if addr.port == self.listen_port and addr.host in ("127.0.0.1", "::1", "0.0.0.0"):
+                continue
+            self.known[addr] = 0.0
+            added += 1
+        if added:
+            log.debug("%s: %d new peers from %s", self.metainfo.name, added, source)
+            self._dial_wake.set()
+
+    def _activate(self) -> None:
+        """First want (or seeding): start announcing and dialing. Idle torrents stay silent."""
+        if self._active or self._nursery is None or self._closed:
+            return
+        self._active = True
+        if self._trackers_factory is not None:
+            self._trackers = self._trackers_factory(self)
+            if self._trackers is not None:
+                self._nursery.start_soon(self._trackers.run)
+        self._nursery.start_soon(self._dialer)
+        self._dial_wake.set()
+
+    # ------------------------------------------------------------------ wants and reads
+
+    def new_want(self) -> Want:
+        return Want(self, next(self._want_ids))
+
+    def want_range(
+        self, offset: int, length: int, *, priority: Priority, deadline: float | None
+    ) -> Want:
+        want = self.new_want()
+        want.update(offset, length, priority=priority, deadline=deadline)
+        return want
+
+    def _set_want(
+        self, want_id: int, offset: int, length: int, priority: Priority, deadline: float | None
+    ) -> None:
+        if self._closed:
+            return
+        length = min(length, self.metainfo.total_size - offset)
+        if length <= 0:
+            self.picker.remove_want(want_id)
+            return
+        pieces = self.geometry.pieces_for_range(offset, length)
+        self.picker.add_want(want_id, pieces.start, pieces.stop - 1, priority, deadline)
+        if any(not self.have[p] for p in pieces):
+            self._activate()
+            self._on_wants_changed()
+
+    def _drop_want(self, want_id: int) -> None:
+        self.picker.remove_want(want_id)
+        self._on_wants_changed()
+
+    def set_download_all(self, enabled: bool = True) -> None:
+        self.picker.set_download_all(enabled)
+        if enabled and not self.have.all():
+            self._activate()
+        self._on_wants_changed()
+
+    def _on_wants_changed(self) -> None:
+        for peer in list(self.peers):
+            self._update_interest(peer)
+            self._fill_requests(peer)
+
+    def have_range(self, offset: int, length: int) -> bool:
+        if length <= 0:
+            return True
+        return all(self.have[p] for p in self.geometry.pieces_for_range(offset, length))
+
+    async def wait_piece(self, piece: int) -> None:
+        while not self.have[piece]:
+            if self._closed:
+                raise TorrentRemoved(f"{self.metainfo.name}: torrent removed")
+            event = self._piece_events.get(piece)
+            if event is None:
+                event = self._piece_events[piece] = trio.Event()
+            await event.wait()
+
+    async def read(self, offset: int, length: int, *, timeout: float) -> bytes:
+        """Exactly the verified bytes of [offset, offset+length) (short only at the end).
+
+        Registers a NOW want for what is missing, waits at most `timeout`, then raises
+        `ReadTimeout` naming the piece and the swarm state.
+        """
+        if self._closed:
+            raise TorrentRemoved(f"{self.metainfo.name}: torrent removed")
+        length = max(0, min(length, self.metainfo.total_size - offset))
+        if length == 0:
+            return b""
+        pieces = self.geometry.pieces_for_range(offset, length)
+        missing = [p for p in pieces if not self.have[p]]
+        if missing:
+            want = self.want_range(
+                offset, length, priority=Priority.NOW, deadline=trio.current_time()
+            )
+            try:
+                with trio.move_on_after(timeout):
+                    for p in missing:
+                        await self.wait_piece(p)
+                    missing = []
+                if missing:
+                    first = next((p for p in missing if not self.have[p]), missing[0])
+                    raise ReadTimeout(
+                        f"{self.metainfo.name}: piece {first} not available after {timeout:g} s "
+                        f"({self.swarm_summary()})"
+                    )
+            finally:
+                want.drop()
+        return await self.store.read_range(offset, length)
+
+    def swarm_summary(self) -> str:
+        seeds = sum(1 for p in self.peers if p.is_seed)
+        unchoked = sum(1 for p in self.peers if not p.peer_choking)
+        return (
+            f"{len(self.peers)} peers, {seeds} seeds, {unchoked} unchoking us, "
+            f"{len(self.known)} known, {self.download.rate(trio.current_time()) / 1e6:.1f} MB/s"
+        )
+
+    # ------------------------------------------------------------------ dialing
+
+    async def _dialer(self) -> None:
+        while True:
+            with trio.move_on_after(2.0):
+                await self._dial_wake.wait()
+            self._dial_wake = trio.Event()
+            if not self._wants_peers():
+                continue
+            now = trio.current_time()
+            connected = {p.address for p in self.peers}
+            candidates = [a for a, t in self.known.items() if t <= now and a not in connected]
+            self._rng.shuffle(candidates)
+            room = self.config.max_peers - len(self.peers)
+            for addr in candidates[: max(0, room)]:
+                self.known[addr] = now + 30.0 * (1 + self.failures.get(addr, 0))
+                assert self._nursery is not None
+                self._nursery.start_soon(self._dial, addr)
+
+    def _wants_peers(self) -> bool:
+        return self.picker.missing_wanted_count() > 0
+
+    async def _dial(self, addr: PeerAddress) -> None:
+        async with self._half_open:
+            try:
+                with trio.fail_after(self.config.handshake_timeout):
+                    stream = await trio.open_tcp_stream(addr.host, addr.port)
+            except (OSError, trio.TooSlowError) as exc:
+                self.failures[addr] = self.failures.get(addr, 0) + 1
+                log.debug("%s: connect to %s failed: %s", self.metainfo.name, addr, exc)
+                return
+        conn = PeerConnection(stream, addr, outgoing=True)
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                await conn.send_handshake(self._our_handshake())
+                hs = await conn.receive_handshake()
+            if hs.info_hash != self.info_hash:
+                raise ProtocolError("peer answered with another info-hash")
+        except (TorrentfsError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.failures[addr] = self.failures.get(addr, 0) + 1
+            log.debug("%s: handshake with %s failed: %s", self.metainfo.name, addr, exc)
+            await conn.aclose()
+            return
+        await self._run_peer(conn, hs)
+
+    def _our_handshake(self) -> Handshake:
+        return Handshake.ours(self.info_hash, self.peer_id)
+
+    def accept(self, conn: PeerConnection, hs: Handshake) -> bool:
+        """An incoming connection whose handshake named this torrent (from the listener)."""
+        if self._nursery is None or self._closed:
+            return False
+        if conn.address.host in self.banned or len(self.peers) >= self.config.max_peers:
+            return False
+        self._nursery.start_soon(self._accepted, conn, hs)
+        return True
+
+    async def _accepted(self, conn: PeerConnection, hs: Handshake) -> None:
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                await conn.send_handshake(self._our_handshake())
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+            await conn.aclose()
+            return
+        await self._run_peer(conn, hs)
+
+    # ------------------------------------------------------------------ one peer
+
+    async def _run_peer(self, conn: PeerConnection, hs: Handshake) -> None:
+        if hs.peer_id == self.peer_id:
+            self.known.pop(conn.address, None)
+            await conn.aclose()
+            return
+        if conn.address.host in self.banned:
+            await conn.aclose()
+            return
+        if self._global_peers is not None:
+            try:
+                self._global_peers.acquire_nowait()
+            except trio.WouldBlock:
+                await conn.aclose()
+                return
+        peer = Peer(conn, self)
+        peer.peer_id = hs.peer_id
+        conn.start_protocol(self.metainfo.num_pieces, self.geometry.piece_size)
+        assert conn.protocol is not None
+        peer.fast = conn.protocol.fast
+        peer.extensions = conn.protocol.extensions
+        now = trio.current_time()
+        peer.last_received = now
+        self.peers[peer] = None
+        self.failures.pop(conn.address, None)
+        reason = "closed"
+        try:
+            self._send_greeting(peer)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._peer_writer, peer, nursery.cancel_scope)
+                await self._peer_reader(peer)
+                nursery.cancel_scope.cancel()
+        except ProtocolError as exc:
+            reason = str(exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"connection lost: {exc}"
+        except StorageError as exc:
+            reason = f"storage error: {exc}"
+            self.error = str(exc)
+        finally:
+            self._drop_peer(peer)
+            if self._global_peers is not None:
+                self._global_peers.release()
+            await conn.aclose()
+            log.debug("%s: peer %s gone: %s", self.metainfo.name, conn.address, reason)
+
+    async def _peer_writer(self, peer: Peer, scope: trio.CancelScope) -> None:
+        try:
+            await peer.conn.run_writer()
+        finally:
+            scope.cancel()
+
+    def _send_greeting(self, peer: Peer) -> None:
+        conn = peer.conn
+        if peer.extensions:
+            conn.queue(
+                m.encode(
+                    m.Extended(
+                        0,
+                        extension.encode_handshake(
+                            extension.ExtendedHandshake(
+                                m={},
+                                v=CLIENT_VERSION,
+                                p=self.listen_port,
+                                reqq=self.config.max_peer_requests,
+                            )
+                        ),
+                    )
+                )
+            )
+        if peer.fast and self.have.all():
+            conn.queue(m.encode(m.HaveAll()))
+        elif peer.fast and not self.have.any():
+            conn.queue(m.encode(m.HaveNone()))
+        elif self.have.any():
+            conn.queue(m.encode(m.BitfieldMsg(self.have.to_bytes())))
+        peer.last_sent = trio.current_time()
+
+    async def _peer_reader(self, peer: Peer) -> None:
+        conn = peer.conn
+        while True:
+            with trio.move_on_after(self.config.idle_timeout) as scope:
+                events = await conn.receive_events()
+            if scope.cancelled_caught:
+                raise ProtocolError("peer idle for too long")
+            now = trio.current_time()
+            peer.last_received = now
+            for event in events:
+                await self._handle(peer, event, now)
+            self._fill_requests(peer)
+
+    async def _handle(self, peer: Peer, msg: object, now: float) -> None:
+        t = type(msg)
+        if t is m.Piece:
+            assert isinstance(msg, m.Piece)
+            await self._on_block(peer, msg.index, msg.begin, msg.block, now)
+        elif t is m.Have:
+            assert isinstance(msg, m.Have)
+            self.picker.peer_have(peer, msg.index)
+            if not peer.am_interested and not self.have[msg.index]:
+                self._update_interest(peer)
+        elif t is m.Unchoke:
+            peer.peer_choking = False
+        elif t is m.Choke:
+            peer.peer_choking = True
+            if not peer.fast:
+                self._release_requests(peer)
+        elif t is m.Interested:
+            peer.peer_interested = True
+            self._maybe_unchoke_now(peer)
+        elif t is m.NotInterested:
+            peer.peer_interested = False
+        elif t is m.BitfieldMsg:
+            assert isinstance(msg, m.BitfieldMsg)
+            bf = Bitfield.from_bytes(self.metainfo.num_pieces, msg.data)
+            self.picker.peer_bitfield(peer, bf)
+            peer.is_seed = bf.all()
+            self._update_interest(peer)
+        elif t is m.HaveAll:
+            self.picker.peer_have_all(peer)
+            peer.is_seed = True
+            self._update_interest(peer)
+        elif t is m.HaveNone:
+            self._update_interest(peer)
+        elif t is m.Request:
+            assert isinstance(msg, m.Request)
+            await self._on_request(peer, msg)
+        elif t is m.Cancel:
+            pass  # blocks are sent immediately; nothing queued to cancel
+        elif t is m.RejectRequest:
+            assert isinstance(msg, m.RejectRequest)
+            self.picker.request_failed(msg.index, msg.begin, peer)
+        elif t is m.AllowedFast:
+            assert isinstance(msg, m.AllowedFast)
+            peer.allowed_fast.add(msg.index)
+        elif t is m.Extended:
+            assert isinstance(msg, m.Extended)
+            self._on_extended(peer, msg)
+        # KeepAlive, Port, Suggest: nothing to do (DHT port handled by the session later).
+
+    def _on_extended(self, peer: Peer, msg: m.Extended) -> None:
+        if msg.ext_id == 0:
+            hs = extension.decode_handshake(msg.payload)
+            peer.ext_ids = dict(hs.m)
+            if hs.reqq:
+                peer.reqq = max(1, min(hs.reqq, self.config.max_pipeline))
+            if hs.v:
+                peer.client = hs.v
+
+    # ------------------------------------------------------------------ downloading
+
+    def _update_interest(self, peer: Peer) -> None:
+        interesting = self.picker.is_interesting(peer)
+        if interesting != peer.am_interested:
+            peer.am_interested = interesting
+            peer.conn.queue(m.encode(m.Interested() if interesting else m.NotInterested()))
+
+    def _fill_requests(self, peer: Peer) -> None:
+        """Top up this peer's pipeline to its rate-sized depth."""
+        if not peer.am_interested:
+            return
+        if peer.peer_choking and not peer.allowed_fast:
+            return
+        now = trio.current_time()
+        rate = peer.download.rate(now)
+        depth = int(rate * self.config.pipeline_seconds / BLOCK_SIZE)
+        depth = max(self.config.min_pipeline, min(depth, self.config.max_pipeline, peer.reqq))
+        if peer.snubbed:
+            depth = 2
+        peer.pipeline = depth
+        room = depth - len(self.picker.requests_of(peer))
+        if room < min(16, depth // 4 or 1):
+            return
+        blocks = self.picker.pick(peer, room, now)
+        if peer.peer_choking:
+            blocks = [b for b in blocks if b[0] in peer.allowed_fast] or []
+        if not blocks:
+            return
+        peer.conn.queue(m.encode_request_batch([m.Request(i, b, n) for i, b, n in blocks]))
+        peer.last_sent = now
+
+    def _release_requests(self, peer: Peer) -> None:
+        self.picker.release_requests(peer)
+
+    async def _on_block(self, peer: Peer, index: int, begin: int, block: bytes, now: float) -> None:
+        size = len(block)
+        result = self.picker.block_received(index, begin, peer, size)
+        if not result.accepted:
+            return  # unrequested, duplicate (endgame) or wrongly sized: dropped, no credit
+        peer.download.add(size, now)
+        self.download.add(size, now)
+        self.downloaded += size
+        peer.snubbed = False
+        for other in result.cancel_peers:
+            if other in self.peers and other is not peer:
+                other.conn.queue(m.encode(m.Cancel(index, begin, size)))
+        buf = self.buffers.get(index)
+        if buf is None:
+            buf = self.buffers[index] = PieceBuffer(self.geometry.piece_size(index))
+        buf.data[begin : begin + size] = block
+        buf.received += size
+        buf.contributors.add(peer)
+        if result.piece_complete:
+            del self.buffers[index]
+            await self._verify_send.send((index, bytes(buf.data), buf.contributors))
+
+    async def _verifier(self) -> None:
+        async for index, data, contributors in self._verify_recv:
+            expected = self.metainfo.piece_hash(index)
+            digest = await trio.to_thread.run_sync(_sha1, data)
+            if digest != expected:
+                self._piece_failed(index, contributors)
+                continue
+            try:
+                await self.store.write_piece(index, data)
+            except StorageError as exc:
+                log.error("%s: cannot store piece %d: %s", self.metainfo.name, index, exc)
+                self.error = str(exc)
+                self.picker.piece_failed(index)
+                self._fill_all()
+                continue
+            self._piece_verified(index)
+
+    def _piece_failed(self, index: int, contributors: set[Peer]) -> None:
+        self.hash_failures += 1
+        self.picker.piece_failed(index)
+        log.warning(
+            "%s: piece %d failed its hash check (from %s); re-fetching",
+            self.metainfo.name,
+            index,
+            ", ".join(str(p.address) for p in contributors),
+        )
+        for peer in contributors:
+            peer_fails = self.failures.get(peer.address, 0) + 1
+            self.failures[peer.address] = peer_fails
+            if len(contributors) == 1 or peer_fails >= self.config.hash_failures_to_ban:
+                self._ban(peer, f"sent data for piece {index} that failed its hash check")
+        self._fill_all()
+
+    def _ban(self, peer: Peer, why: str) -> None:
+        if peer.address.host in self.banned:
+            return
+        log.warning("%s: banning %s: %s", self.metainfo.name, peer.address.host, why)
+        self.banned.add(peer.address.host)
+        for addr in [a for a in self.known if a.host == peer.address.host]:
+            del self.known[addr]
+        for p in [p for p in self.peers if p.address.host == peer.address.host]:
+            p.conn.stream.socket.close()
+
+    def _piece_verified(self, index: int) -> None:
+        if self.have[index]:
+            return
+        leftovers = self.picker.piece_verified(index)
+        self.have.set(index)
+        for other, begin, length in leftovers:
+            if other in self.peers:
+                other.conn.queue(m.encode(m.Cancel(index, begin, length)))
+        self._pieces_verified += 1
+        if self.first_piece_at is None:
+            self.first_piece_at = trio.current_time()
+        event = self._piece_events.pop(index, None)
+        if event is not None:
+            event.set()
+        if self._on_verified is not None:
+            self._on_verified(index)
+        encoded = m.encode(m.Have(index))
+        for peer in list(self.peers):
+            try:
+                peer.conn.queue(encoded)
+            except ProtocolError:
+                peer.conn.stream.socket.close()
+            if peer.am_interested:
+                self._update_interest(peer)
+        if self.have.all():
+            self._complete_event.set()
+            log.info("%s: download complete", self.metainfo.name)
+            if self._trackers is not None and hasattr(self._trackers, "completed"):
+                self._trackers.completed()
+        self._fill_all()
+
+    def _fill_all(self) -> None:
+        for peer in list(self.peers):
+            self._fill_requests(peer)
+
+    def _drop_peer(self, peer: Peer) -> None:
+        self.peers.pop(peer, None)
+        self.picker.peer_gone(peer)
+        self._dial_wake.set()
+        if len(self.peers) < 5 and self._trackers is not None:
+            request = getattr(self._trackers, "request_more_peers", None)
+            if request is not None:
+                request()
+
+    # ------------------------------------------------------------------ uploading
+
+    def _maybe_unchoke_now(self, peer: Peer) -> None:
+        if not self.config.upload or not self.have.any():
+            return
+        unchoked = sum(1 for p in self.peers if not p.am_choking)
+        if peer.am_choking and unchoked < self._choker.slots:
+            peer.am_choking = False
+            peer.conn.queue(m.encode(m.Unchoke()))
+
+    async def _on_request(self, peer: Peer, req: m.Request) -> None:
+        allowed = not peer.am_choking
+        if not allowed or not self.have[req.index] or not self.config.upload:
+            if peer.fast:
+                peer.conn.queue(m.encode(m.RejectRequest(req.index, req.begin, req.length)))
+            return
+        if peer.conn.outbox_bytes > 8 * 1024 * 1024:
+            if peer.fast:
+                peer.conn.queue(m.encode(m.RejectRequest(req.index, req.begin, req.length)))
+            return
+        data = self._upload_cache.get(req.index)
+        if data is None:
+            data = await self.store.read_piece(req.index)
+            self._upload_cache[req.index] = data
+            if len(self._upload_cache) > 8:
+                self._upload_cache.popitem(last=False)
+        else:
+            self._upload_cache.move_to_end(req.index)
+        block = data[req.begin : req.begin + req.length]
+        peer.conn.queue(m.encode_piece_header(req.index, req.begin, len(block)))
+        peer.conn.queue(block)
+        now = trio.current_time()
+        peer.upload.add(len(block), now)
+        self.upload.add(len(block), now)
+        self.uploaded += len(block)
+
+    # ------------------------------------------------------------------ periodic work
+
+    async def _ticker(self) -> None:
+        last_choke = -math.inf
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            expired = self.picker.expired_requests(now, self.config.request_timeout)
+            for peer, piece, begin, length in expired:
+                peer.snubbed = True
+                if peer in self.peers:
+                    peer.conn.queue(m.encode(m.Cancel(piece, begin, length)))
+            for peer in list(self.peers):
+                if now - peer.last_sent > self.config.keepalive_interval:
+                    peer.conn.queue(m.encode(m.KeepAlive()))
+                    peer.last_sent = now
+            if now - last_choke >= 10.0:
+                last_choke = now
+                self._run_choker(now)
+            self._fill_all()
+
+    def _run_choker(self, now: float) -> None:
+        if not self.config.upload:
+            return
+        views = [
+            PeerView(
+                peer=p,
+                interested=p.peer_interested,
+                download_rate=p.download.rate(now),
+                upload_rate=p.upload.rate(now),
+                is_seed_mode=self.have.all(),
+            )
+            for p in self.peers
+        ]
+        unchoke = self._choker.decide(views, now)
+        for p in self.peers:
+            should_choke = p not in unchoke
+            if should_choke != p.am_choking:
+                p.am_choking = should_choke
+                p.conn.queue(m.encode(m.Choke() if should_choke else m.Unchoke()))
+
+    # ------------------------------------------------------------------ status
+
+    def _wake_all_waiters(self) -> None:
+        for event in self._piece_events.values():
+            event.set()
+        self._piece_events.clear()
+        self._complete_event.set()
+
+    def state(self) -> str:
+        if self.error:
+            return "error"
+        if self.have.all():
+            return "seeding" if self.config.upload else "complete"
+        if self.picker.missing_wanted_count() > 0:
+            return "downloading"
+        return "idle"
+
+    def statistics(self) -> TorrentStats:
+        now = trio.current_time()
+        geo = self.geometry
+        verified_bytes = sum(geo.piece_size(i) for i in self.have.iter_set())
+        total = self.metainfo.total_size
+        file_progress = []
+        for f in self.metainfo.files:
+            if f.pad:
+                continue
+            if f.length == 0:
+                file_progress.append(1.0)
+                continue
+            r = geo.file_pieces(f.index)
+            got = sum(1 for p in r if self.have[p])
+            file_progress.append(got / len(r) if len(r) else 1.0)
+        return TorrentStats(
+            info_hash=self.info_hash.hex(),
+            name=self.metainfo.name,
+            state=self.state(),
+            peers=len(self.peers),
+            seeds=sum(1 for p in self.peers if p.is_seed),
+            download_rate=self.download.rate(now),
+            upload_rate=self.upload.rate(now),
+            downloaded=self.downloaded,
+            uploaded=self.uploaded,
+            verified_bytes=verified_bytes,
+            total_size=total,
+            progress=verified_bytes / total if total else 1.0,
+            pieces_verified=self._pieces_verified,
+            num_pieces=self.metainfo.num_pieces,
+            hash_failures=self.hash_failures,
+            banned=len(self.banned),
+            file_progress=file_progress,
+        )
+
+
+def _sha1(data: bytes) -> bytes:
+    return hashlib.sha1(data).digest()

@@ -500,6 +500,8 @@ def test_progress_render_fits_width() -> None:
         line = bar.render(10.0, width)
         assert len(line) <= width
     assert "[" in bar.render(10.0, 100) and "50%" in bar.render(10.0, 100)
+    narrow = bar.render(10.0, 40)  # no room for a bar: the numbers stay, the label shrinks
+    assert "50%" in narrow and "ETA" in narrow and len(narrow) <= 40
 
 
 def test_formatting() -> None:

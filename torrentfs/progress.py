@@ -103,14 +103,20 @@ class ProgressBar:
         bar_width = width - len(head) - len(tail) - 2
         if bar_width >= 10:
             filled = int(bar_width * frac)
-            line = f"{head}[{'#' * filled}{'.' * (bar_width - filled)}]{tail}"
-        else:
-            line = f"{head}{tail.strip()}"
-        return line[:width]
+            return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}]{tail}"
+        # Narrow terminal: the numbers matter more than the bar or the whole label.
+        tail = tail.lstrip()
+        room = width - len(tail) - 1
+        if room >= 8 and head:
+            label = head.rstrip()
+            if len(label) > room:
+                label = label[: room - 1] + "…"
+            return f"{label} {tail}"
+        return tail[:width]
 
     def _draw(self, now: float) -> None:
         try:
-            columns = os.get_terminal_size(self._stream.fileno()).columns
+            columns = os.get_terminal_size(self._stream.fileno()).columns or 80
         except (AttributeError, ValueError, OSError):  # not a real terminal (tests), or closed
             columns = 80
         width = max(20, columns - 1)

@@ -512,3 +512,28 @@ def test_formatting() -> None:
     assert format_size(300 * 1024**3) == "300 GiB"
     assert format_duration(5) == "0:05"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_make_interrupted_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    import torrentfs.progress
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 4 * 1024 * 1024))  # several read chunks
+
+    def interrupt(self: ProgressBar, done: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(torrentfs.progress.ProgressBar, "update", interrupt)
+    threads_before = threading.active_count()
+    code, out, _ = run(capsys, "make", str(src), "-o", str(tmp_path / "t.torrent"), "-l", "16K")
+    assert (code, out) == (130, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+    for t in threading.enumerate():
+        if t.name.startswith("torrentfs-hash-"):
+            t.join(timeout=30)  # a guard against a hang, not a timing assertion
+    assert threading.active_count() == threads_before

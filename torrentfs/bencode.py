@@ -40,8 +40,8 @@ DEFAULT_MAX_DEPTH = 64
 """Nested lists/dicts allowed. A v1 torrent needs 4; deep v2 file trees stay far below this."""
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
-"""Largest input accepted (bytes). libtorrent's default is 10 MB; 64 MiB leaves room for huge
-torrents (a 1 TiB torrent with 256 KiB pieces carries 80 MB of hashes... and is refused)."""
+"""Largest input accepted (bytes). libtorrent's default is 10 MB; 64 MiB fits the piece hashes
+of a 1 TiB torrent with 512 KiB pieces (40 MiB) with room to spare."""
 
 DEFAULT_MAX_TOKENS = 3_000_000
 """Largest number of values (strings, integers, lists, dicts), as libtorrent's

@@ -194,3 +194,21 @@ async def test_removed_torrent_propagates() -> None:
     r = make_reader(engine, 0, 10)
     with pytest.raises(TorrentRemoved):
         await r.read(0, 10)
+
+
+async def test_the_kernels_immediate_retry_of_a_timed_out_range_fails_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = FakeTorrent(DATA)
+    engine.missing = [(0, 16384)]
+    r = Reader(engine, 0, len(DATA), name="t/f", read_timeout=7.0)  # type: ignore[arg-type]
+    with pytest.raises(ReadTimeout):
+        await r.read(0, 65536)
+    calls = len(engine.reads)
+    with pytest.raises(ReadTimeout):
+        await r.read(4096, 4096)  # the page-sized retry: no second 7 s wait
+    assert len(engine.reads) == calls and trio.current_time() == pytest.approx(7.0)
+    await trio.sleep(2)
+    with pytest.raises(ReadTimeout):
+        await r.read(4096, 4096)  # later: a real new attempt
+    assert len(engine.reads) == calls + 1

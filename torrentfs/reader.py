@@ -41,6 +41,8 @@ DEFAULT_READAHEAD_MAX = 64 * MiB
 DEFAULT_READAHEAD_SECONDS = 4.0
 HEAD_BYTES = 256 * 1024
 """Wanted from the start of a file at open: container headers (MP4 ``ftyp``, MKV EBML)."""
+RETRY_FAST_FAIL = 1.0
+"""Seconds after a timed-out read during which a read of the same bytes fails at once."""
 TAIL_BYTES = 1 * MiB
 """Wanted from the end of a file at open: MP4 ``moov`` without faststart, MKV cues/seek head."""
 
@@ -152,6 +154,8 @@ class Reader:
         self._head_want: EngineWant | None = None
         self._tail_want: EngineWant | None = None
         self.closed = False
+        self._failed: tuple[int, int, float] | None = None
+        """(start, end, when) of the last read that timed out (see `read`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,12 +200,23 @@ class Reader:
         size = max(0, min(size, self.file_length - offset))
         if size == 0:
             return b""
+        failed = self._failed
+        # The kernel retries a failed readahead page by page at once: answering those from the
+        # failure just seen keeps one stalled read from costing twice the timeout.
+        if (
+            failed is not None
+            and failed[0] < offset + size
+            and offset < failed[1]
+            and self._clock() - failed[2] < RETRY_FAST_FAIL
+        ):
+            raise ReadTimeout(f"{self.name}: offset {offset}: still unavailable")
         self._advance_window(offset, size)
         try:
             data = await self.torrent.read(
                 self.file_offset + offset, size, timeout=self.read_timeout
             )
         except ReadTimeout as exc:
+            self._failed = (offset, offset + size, self._clock())
             log.warning(
                 "read of %s at offset %d (%d bytes) failed after %g s: %s",
                 self.name,

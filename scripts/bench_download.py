@@ -307,7 +307,7 @@ def report(results: list[Result], clients: list[str]) -> str:
     ratios = format_table(["client", "median MB/s", "× aria2c", "× webtorrent"], ratio_rows)
     note = (
         "\n* = counted from the client's own start (excludes interpreter start-up)"
-        if any(r.first_piece_approx for r in results)
+        if any(r.ok and r.first_piece_approx for r in results)
         else ""
     )
     return f"{table}{note}\n\n{ratios}"

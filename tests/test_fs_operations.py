@@ -16,7 +16,7 @@ from torrentfs.errors import ReadTimeout, StorageError, TorrentRemoved
 from torrentfs.fs.operations import XATTRS, FsOperations, errno_for
 from torrentfs.fs.tree import ROOT_INODE, FsTree
 from torrentfs.metainfo import Metainfo
-from torrentfs.reader import ReadaheadConfig
+from torrentfs.readahead import ReadaheadPolicy
 
 CTX: Any = None
 PIECE = 16384
@@ -91,7 +91,7 @@ def env() -> tuple[FsOperations, FakeSession, Metainfo]:
         FsTree(mount_time=1000),
         session,
         read_timeout=5.0,
-        readahead=ReadaheadConfig(min_bytes=PIECE, max_bytes=4 * PIECE),
+        readahead=ReadaheadPolicy(min_bytes=PIECE, max_bytes=4 * PIECE),
         uid=1234,
         gid=5678,
     )

@@ -9,7 +9,8 @@ import trio
 
 from torrentfs.errors import ReadTimeout, TorrentRemoved
 from torrentfs.picker import Priority
-from torrentfs.reader import MiB, ReadaheadConfig, ReadaheadWindow, Reader, ReaderClosed
+from torrentfs.readahead import MiB, ReadaheadPolicy
+from torrentfs.reader import Reader, ReaderClosed
 
 
 class FakeWant:
@@ -60,10 +61,11 @@ class FakeTorrent:
 
 
 DATA = bytes(range(256)) * 4096 * 8  # 8 MiB
+POLICY = ReadaheadPolicy(min_bytes=64 * 1024, max_bytes=2 * MiB, slack_bytes=256 * 1024)
 
 
 def make_reader(engine: FakeTorrent, offset: int, length: int, **kw: object) -> Reader:
-    cfg = kw.pop("readahead", ReadaheadConfig(min_bytes=64 * 1024, max_bytes=2 * MiB))
+    cfg = kw.pop("readahead", POLICY)
     rate = kw.pop("rate", 0.0)
     return Reader(
         engine, offset, length, name="t/f", readahead=cfg,  # type: ignore[arg-type]
@@ -85,10 +87,9 @@ async def test_reads_are_exact_and_short_only_at_eof() -> None:
 async def test_head_and_tail_wanted_on_open_and_all_wants_dropped_on_release() -> None:
     engine = FakeTorrent(DATA)
     engine.missing = [(0, len(DATA))]
-    cfg = ReadaheadConfig(min_bytes=64 * 1024, max_bytes=MiB, head_bytes=1000, tail_bytes=2000)
-    r = make_reader(engine, 4096, 1_000_000, readahead=cfg)
+    r = make_reader(engine, 4096, 7 * MiB)
     r.start()
-    assert engine.ranges() == {(4096, 5096), (4096 + 1_000_000 - 2000, 4096 + 1_000_000)}
+    assert engine.ranges() == {(4096, 4096 + 2 * MiB), (4096 + 5 * MiB, 4096 + 7 * MiB)}
     r.release()
     r.release()
     assert engine.wants == set()
@@ -111,44 +112,16 @@ async def test_small_file_has_no_separate_tail() -> None:
     assert engine.ranges() == {(0, 100)}
 
 
-def test_window_grows_with_sequential_reads_but_never_beyond_twice_what_was_read() -> None:
-    cfg = ReadaheadConfig(min_bytes=128 * 1024, max_bytes=32 * MiB, seconds=4)
-    w = ReadaheadWindow(cfg, 1 << 30)
-    fast = 1e9  # rate alone would allow the max at once
-    start, end = w.on_read(0, 128 * 1024, fast)
-    assert (start, end) == (128 * 1024, 128 * 1024 + 256 * 1024)
-    pos = 128 * 1024
-    for _ in range(200):
-        start, end = w.on_read(pos, 128 * 1024, fast)
-        pos += 128 * 1024
-        assert start == pos
-        assert end - start <= 2 * pos and end - start <= cfg.max_bytes
-    assert end - start == cfg.max_bytes
-
-
-def test_window_is_sized_from_the_rate() -> None:
-    cfg = ReadaheadConfig(min_bytes=64 * 1024, max_bytes=64 * MiB, seconds=2)
-    slow = ReadaheadWindow(cfg, 1 << 30)
-    fast = ReadaheadWindow(cfg, 1 << 30)
-    for i in range(400):  # 50 MiB read sequentially
-        s = slow.on_read(i * 128 * 1024, 128 * 1024, 100_000.0)
-        f = fast.on_read(i * 128 * 1024, 128 * 1024, 50e6)
-    assert s[1] - s[0] == 4 * cfg.min_bytes  # 200 kB at 100 kB/s: the floor for warm-up
-    assert f[1] - f[0] == cfg.max_bytes  # 100 MB at 50 MB/s, capped
-
-
-def test_out_of_order_kernel_readahead_is_not_a_seek() -> None:
-    cfg = ReadaheadConfig(min_bytes=256 * 1024, max_bytes=8 * MiB)
-    w = ReadaheadWindow(cfg, 1 << 30)
-    for i in range(16):
-        w.on_read(i * 128 * 1024, 128 * 1024, 0.0)
-    streak = w.streak
-    # The kernel's async readahead: a later block first, then an earlier one.
-    w.on_read(18 * 128 * 1024, 128 * 1024, 0.0)
-    w.on_read(16 * 128 * 1024, 128 * 1024, 0.0)
-    w.on_read(17 * 128 * 1024, 128 * 1024, 0.0)
-    assert w.streak == streak + 3 * 128 * 1024
-    assert w.front == 19 * 128 * 1024
+async def test_sequential_reads_move_and_grow_the_ahead_want() -> None:
+    engine = FakeTorrent(DATA)
+    r = make_reader(engine, 1000, len(DATA) - 1000)
+    sizes = []
+    for i in range(8):
+        await r.read(i * 65536, 65536)
+        (ahead,) = engine.ranges()
+        assert ahead[0] == 1000 + (i + 1) * 65536  # right after what was read
+        sizes.append(ahead[1] - ahead[0])
+    assert sizes == sorted(sizes) and sizes[-1] == 2 * MiB and sizes[0] < sizes[-1]
 
 
 async def test_a_seek_moves_the_window_at_once_and_resets_its_size() -> None:
@@ -180,7 +153,7 @@ async def test_timeout_is_logged_with_file_and_swarm_state(
 ) -> None:
     engine = FakeTorrent(DATA)
     engine.missing = [(0, 16384)]
-    r = make_reader(engine, 0, len(DATA), read_timeout=7.0)
+    r = Reader(engine, 0, len(DATA), name="t/f", read_timeout=7.0, readahead=POLICY)
     with caplog.at_level(logging.WARNING), pytest.raises(ReadTimeout):
         await r.read(100, 10)
     assert trio.current_time() == pytest.approx(7.0)
@@ -201,7 +174,7 @@ async def test_the_kernels_immediate_retry_of_a_timed_out_range_fails_at_once(
 ) -> None:
     engine = FakeTorrent(DATA)
     engine.missing = [(0, 16384)]
-    r = Reader(engine, 0, len(DATA), name="t/f", read_timeout=7.0)  # type: ignore[arg-type]
+    r = Reader(engine, 0, len(DATA), name="t/f", read_timeout=7.0, readahead=POLICY)
     with pytest.raises(ReadTimeout):
         await r.read(0, 65536)
     calls = len(engine.reads)

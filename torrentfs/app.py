@@ -33,13 +33,8 @@ from torrentfs.errors import TorrentfsError
 from torrentfs.fs.mount import Mount, fuse_options
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
-from torrentfs.reader import (
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_READAHEAD_MAX,
-    DEFAULT_READAHEAD_MIN,
-    DEFAULT_READAHEAD_SECONDS,
-    ReadaheadConfig,
-)
+from torrentfs.readahead import ReadaheadPolicy
+from torrentfs.reader import DEFAULT_READ_TIMEOUT
 from torrentfs.session import (
     Session,
     SessionConfig,
@@ -51,6 +46,8 @@ from torrentfs.torrent import TorrentConfig
 from torrentfs.watch import MetainfoItem, MetainfoWatcher
 
 log = logging.getLogger("torrentfs")
+
+_DEFAULT_POLICY = ReadaheadPolicy()
 
 PROG = "torrentfs"
 EXIT_USAGE = 2
@@ -109,12 +106,12 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="a read waits at most this long, then fails with EIO "
                    "(default: %(default)g)")  # fmt: skip
-    p.add_argument("--readahead-min", type=parse_size, default=DEFAULT_READAHEAD_MIN,
-                   metavar="SIZE", help="smallest readahead window per open file (1M)")  # fmt: skip
-    p.add_argument("--readahead-max", type=parse_size, default=DEFAULT_READAHEAD_MAX,
-                   metavar="SIZE", help="largest readahead window per open file (64M)")  # fmt: skip
+    p.add_argument("--readahead-min", type=parse_size, default=_DEFAULT_POLICY.min_bytes,
+                   metavar="SIZE", help="smallest readahead window per open file (4M)")  # fmt: skip
+    p.add_argument("--readahead-max", type=parse_size, default=_DEFAULT_POLICY.max_bytes,
+                   metavar="SIZE", help="largest readahead window per file (128M)")  # fmt: skip
     p.add_argument("--readahead-seconds", type=_positive_float,
-                   default=DEFAULT_READAHEAD_SECONDS, metavar="SECONDS",
+                   default=_DEFAULT_POLICY.seconds_ahead, metavar="SECONDS",
                    help="readahead: seconds of data ahead at the download rate "
                    "(default: %(default)g)")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
@@ -184,10 +181,10 @@ async def run_mount(args: argparse.Namespace) -> int:
     fuse_opts = fuse_options(
         allow_other=allow_other, extra=[o for o in options if o != "allow_other"]
     )
-    readahead = ReadaheadConfig(
-        min_bytes=args.readahead_min,
-        max_bytes=max(args.readahead_min, args.readahead_max),
-        seconds=args.readahead_seconds,
+    readahead = ReadaheadPolicy(
+        min_bytes=min(args.readahead_min, args.readahead_max),
+        max_bytes=args.readahead_max,
+        seconds_ahead=args.readahead_seconds,
     )
     async with open_session(_session_config(args)) as session:
         ops = FsOperations(

@@ -41,13 +41,8 @@ from torrentfs.errors import ReadTimeout, StorageError, TorrentfsError, TorrentR
 from torrentfs.fs.tree import ROOT_INODE, FsTree, Node
 from torrentfs.magnet import magnet_from_metainfo
 from torrentfs.metainfo import Metainfo
-from torrentfs.reader import (
-    DEFAULT_READ_TIMEOUT,
-    ReadaheadConfig,
-    Reader,
-    ReaderClosed,
-    torrent_rate,
-)
+from torrentfs.readahead import ReadaheadPolicy
+from torrentfs.reader import DEFAULT_READ_TIMEOUT, Reader, ReaderClosed, torrent_rate
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +143,7 @@ class FsOperations(pyfuse3.Operations):
         engine: Engine,
         *,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
-        readahead: ReadaheadConfig | None = None,
+        readahead: ReadaheadPolicy | None = None,
         uid: int | None = None,
         gid: int | None = None,
     ) -> None:
@@ -156,7 +151,7 @@ class FsOperations(pyfuse3.Operations):
         self.tree = tree
         self.engine = engine
         self.read_timeout = read_timeout
-        self.readahead = readahead if readahead is not None else ReadaheadConfig()
+        self.readahead = readahead if readahead is not None else ReadaheadPolicy()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.handles: dict[int, Handle] = {}

@@ -66,8 +66,12 @@ def fuse_options(
 
 
 def is_mounted(mountpoint: Path) -> bool:
-    """Whether ``mountpoint`` is a mount point in this mount namespace (/proc/self/mountinfo)."""
-    target = os.path.realpath(mountpoint)
+    """Whether ``mountpoint`` is a mount point in this mount namespace (/proc/self/mountinfo).
+
+    Never touches the path itself: a ``stat`` of our own mount point after the FUSE loop ended
+    would wait forever for an answer. Pass an absolute path with symlinks already resolved.
+    """
+    target = os.path.abspath(mountpoint)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -75,7 +79,7 @@ def is_mounted(mountpoint: Path) -> bool:
                 if len(fields) > 4 and _unescape(fields[4]) == target:
                     return True
     except OSError:
-        return os.path.ismount(mountpoint)
+        return False
     return False
 
 
@@ -137,7 +141,8 @@ class Mount:
 
     def __init__(self, ops: FsOperations, mountpoint: Path, options: set[str]) -> None:
         self.ops = ops
-        self.mountpoint = mountpoint
+        # Resolved now, while nothing is mounted there: later checks must not touch the path.
+        self.mountpoint = Path(os.path.realpath(mountpoint))
         self.options = options
         self.mounted = False
         self.terminated = False

@@ -447,7 +447,9 @@ class Opentracker:
                 raise HarnessError(f"opentracker did not accept {hexhash} after SIGHUP")
 
     def _get(self, path: str, params: dict[str, str | int | bytes]) -> dict[bytes, Any]:
-        url = f"http://{self.host}:{self.port}/{path}?" + urllib.parse.urlencode(params)
+        # quote, not quote_plus: opentracker does not read '+' as a space (0x20) in a hash.
+        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        url = f"http://{self.host}:{self.port}/{path}?{query}"
         with urllib.request.urlopen(url, timeout=5) as resp:
             body = resp.read()
         decoded = fastbencode.bdecode(body)

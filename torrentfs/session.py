@@ -170,6 +170,7 @@ class Session:
             trackers_factory=self._make_trackers if self.config.trackers else None,
             half_open=self._half_open,
             global_peers=self._connections,
+            bind_host=self.config.listen_host,
         )
         if download_all:
             torrent.picker.set_download_all(True)
@@ -203,6 +204,10 @@ class Session:
                     await nursery.start(torrent.run)
                     nursery.start_soon(writer.run, store)
                     task_status.started()
+        except Exception as exc:  # a bug in one torrent must not take the session down
+            torrent.error = f"internal error: {exc!r}"
+            torrent.close()
+            log.exception("%s: torrent stopped by an internal error", torrent.metainfo.name)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
@@ -243,9 +248,17 @@ async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
 
     config.download_dir.mkdir(parents=True, exist_ok=True)
     (config.state_dir / "resume").mkdir(parents=True, exist_ok=True)
+    # Announce from the listen address when one is given, so trackers record where peers can
+    # reach us (several clients on one machine each have their own 127.0.0.x in tests).
+    transport = (
+        httpx.AsyncHTTPTransport(local_address=config.listen_host) if config.listen_host else None
+    )
     async with (
         httpx.AsyncClient(
-            follow_redirects=True, timeout=httpx.Timeout(15.0), trust_env=False
+            follow_redirects=True,
+            timeout=httpx.Timeout(15.0),
+            trust_env=False,
+            transport=transport,
         ) as http_client,
         trio.open_nursery() as nursery,
     ):

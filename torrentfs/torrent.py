@@ -177,7 +177,9 @@ class Torrent:
         trackers_factory: Callable[[Torrent], Any] | None = None,
         half_open: trio.Semaphore | None = None,
         global_peers: trio.Semaphore | None = None,
+        bind_host: str | None = None,
     ) -> None:
+        self.bind_host = bind_host
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.geometry = metainfo.geometry
@@ -208,7 +210,7 @@ class Torrent:
             tuple[int, bytes, set[Peer]]
         ](8)
         self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
-        self._choker = Choker(slots=4)
+        self._choker: Choker[Peer] = Choker(slots=4)
         self.download = RateMeter()
         self.upload = RateMeter()
         self.hash_failures = 0
@@ -404,7 +406,9 @@ class Torrent:
         async with self._half_open:
             try:
                 with trio.fail_after(self.config.handshake_timeout):
-                    stream = await trio.open_tcp_stream(addr.host, addr.port)
+                    stream = await trio.open_tcp_stream(
+                        addr.host, addr.port, local_address=self._local_address_for(addr.host)
+                    )
             except (OSError, trio.TooSlowError) as exc:
                 self.failures[addr] = self.failures.get(addr, 0) + 1
                 log.debug("%s: connect to %s failed: %s", self.metainfo.name, addr, exc)
@@ -422,6 +426,13 @@ class Torrent:
             await conn.aclose()
             return
         await self._run_peer(conn, hs)
+
+    def _local_address_for(self, host: str) -> str | None:
+        """Dial from our listen address (same family only), so peers see where we listen."""
+        bind = self.bind_host
+        if bind is None or (":" in bind) != (":" in host):
+            return None
+        return bind
 
     def _our_handshake(self) -> Handshake:
         return Handshake.ours(self.info_hash, self.peer_id)
@@ -460,9 +471,16 @@ class Torrent:
             except trio.WouldBlock:
                 await conn.aclose()
                 return
+        try:
+            conn.start_protocol(self.metainfo.num_pieces, self.geometry.piece_size)
+        except ProtocolError as exc:
+            log.debug("%s: peer %s broke the protocol: %s", self.metainfo.name, conn.address, exc)
+            if self._global_peers is not None:
+                self._global_peers.release()
+            await conn.aclose()
+            return
         peer = Peer(conn, self)
         peer.peer_id = hs.peer_id
-        conn.start_protocol(self.metainfo.num_pieces, self.geometry.piece_size)
         assert conn.protocol is not None
         peer.fast = conn.protocol.fast
         peer.extensions = conn.protocol.extensions
@@ -470,30 +488,37 @@ class Torrent:
         peer.last_received = now
         self.peers[peer] = None
         self.failures.pop(conn.address, None)
-        reason = "closed"
+        reasons: list[str] = []
         try:
-            self._send_greeting(peer)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._peer_writer, peer, nursery.cancel_scope)
-                await self._peer_reader(peer)
+                nursery.start_soon(self._peer_writer, peer, nursery.cancel_scope, reasons)
+                await self._guarded(self._peer_reader, peer, reasons)
                 nursery.cancel_scope.cancel()
-        except ProtocolError as exc:
-            reason = str(exc)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"connection lost: {exc}"
-        except StorageError as exc:
-            reason = f"storage error: {exc}"
-            self.error = str(exc)
         finally:
             self._drop_peer(peer)
             if self._global_peers is not None:
                 self._global_peers.release()
             await conn.aclose()
-            log.debug("%s: peer %s gone: %s", self.metainfo.name, conn.address, reason)
+            why = conn.failure or (reasons[0] if reasons else "closed")
+            log.debug("%s: peer %s gone: %s", self.metainfo.name, conn.address, why)
 
-    async def _peer_writer(self, peer: Peer, scope: trio.CancelScope) -> None:
+    async def _guarded(self, fn: Callable[[Peer], Any], peer: Peer, reasons: list[str]) -> None:
+        """Run one side of a peer connection; its failures end only that peer."""
         try:
-            await peer.conn.run_writer()
+            if fn == self._peer_reader:
+                self._send_greeting(peer)
+            await fn(peer)
+        except ProtocolError as exc:
+            reasons.append(str(exc))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reasons.append(f"connection lost: {exc or type(exc).__name__}")
+        except StorageError as exc:
+            reasons.append(f"storage error: {exc}")
+            self.error = str(exc)
+
+    async def _peer_writer(self, peer: Peer, scope: trio.CancelScope, reasons: list[str]) -> None:
+        try:
+            await self._guarded(lambda p: p.conn.run_writer(), peer, reasons)
         finally:
             scope.cancel()
 
@@ -649,7 +674,17 @@ class Torrent:
         buf.contributors.add(peer)
         if result.piece_complete:
             del self.buffers[index]
-            await self._verify_send.send((index, bytes(buf.data), buf.contributors))
+            item = (index, bytes(buf.data), buf.contributors)
+            try:
+                self._verify_send.send_nowait(item)
+            except trio.WouldBlock:
+                # Hashing is behind: wait (back-pressure on this peer). If this peer's task
+                # is cancelled meanwhile, the piece must not be lost half-way: re-open it.
+                try:
+                    await self._verify_send.send(item)
+                except BaseException:
+                    self.picker.piece_failed(index)
+                    raise
 
     async def _verifier(self) -> None:
         async for index, data, contributors in self._verify_recv:
@@ -692,7 +727,7 @@ class Torrent:
         for addr in [a for a in self.known if a.host == peer.address.host]:
             del self.known[addr]
         for p in [p for p in self.peers if p.address.host == peer.address.host]:
-            p.conn.stream.socket.close()
+            p.conn.abort(f"banned: {why}")
 
     def _piece_verified(self, index: int) -> None:
         if self.have[index]:
@@ -712,10 +747,7 @@ class Torrent:
             self._on_verified(index)
         encoded = m.encode(m.Have(index))
         for peer in list(self.peers):
-            try:
-                peer.conn.queue(encoded)
-            except ProtocolError:
-                peer.conn.stream.socket.close()
+            peer.conn.queue(encoded)
             if peer.am_interested:
                 self._update_interest(peer)
         if self.have.all():

@@ -50,6 +50,7 @@ class PeerConnection:
         self._outbox_bytes = 0
         self._wake = trio.Event()
         self._closed = False
+        self.failure: str | None = None
         self._pending = bytearray()
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -100,13 +101,28 @@ class PeerConnection:
     # -- send --------------------------------------------------------------------------------
 
     def queue(self, data: bytes) -> None:
-        """Queue bytes for the writer task; never blocks."""
+        """Queue bytes for the writer task; never blocks, never raises.
+
+        A peer that lets more than `OUTBOX_LIMIT` bytes pile up is aborted: its reader and
+        writer then fail, and only this connection ends.
+        """
         if self._closed:
             return
         self._outbox.append(data)
         self._outbox_bytes += len(data)
         if self._outbox_bytes > OUTBOX_LIMIT:
-            raise ProtocolError(f"peer {self.address} does not read what we send")
+            self.abort("peer does not read what we send")
+            return
+        self._wake.set()
+
+    def abort(self, reason: str) -> None:
+        """End the connection now (from any task): blocked reads and writes fail at once."""
+        if self.failure is None:
+            self.failure = reason
+        self._closed = True
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self.stream.socket.close()
         self._wake.set()
 
     @property
@@ -118,6 +134,8 @@ class PeerConnection:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self._closed:
+                raise ProtocolError(self.failure or "connection closed")
             while self._outbox:
                 chunk = self._outbox
                 self._outbox = []

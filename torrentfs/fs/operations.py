@@ -184,12 +184,20 @@ class FsOperations(pyfuse3.Operations):
         top = self.tree.remove_torrent(info_hash)
         if top is None:
             return False
+        stale_inodes: set[int] = set()
         for handle in list(self.handles.values()):
             if handle.node.info_hash == info_hash:
                 handle.reader.release()
+                stale_inodes.add(handle.node.inode)
                 for scope in handle.scopes:
                     scope.cancel()
         if self.mounted:
+            # Open handles must see EIO, not pages the kernel kept (keep_cache): drop them.
+            for inode in stale_inodes:
+                try:
+                    pyfuse3.invalidate_inode(inode, attr_only=False)
+                except Exception:
+                    log.debug("cannot invalidate inode %d", inode, exc_info=True)
             try:
                 self.invalidate_entry(ROOT_INODE, top.name, top.inode, ignore_enoent=True)
             except Exception:  # the kernel caches the entry a little longer; nothing breaks

@@ -591,6 +591,11 @@ class PiecePicker(Generic[P]):
         """Outstanding requests ``(piece, begin, length)`` of `peer`, oldest first."""
         return [(p, b * BLOCK_SIZE, self._block_len(p, b)) for p, b in self._reqs.get(peer, ())]
 
+    def outstanding_of(self, peer: P) -> int:
+        """Number of outstanding requests of `peer` (O(1): sizes its request pipeline)."""
+        preqs = self._reqs.get(peer)
+        return len(preqs) if preqs else 0
+
     def outstanding(self) -> int:
         """Number of outstanding requests, over all peers."""
         return sum(len(r) for r in self._reqs.values())

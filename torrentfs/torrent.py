@@ -640,7 +640,7 @@ class Torrent:
         if peer.snubbed:
             depth = 2
         peer.pipeline = depth
-        room = depth - len(self.picker.requests_of(peer))
+        room = depth - self.picker.outstanding_of(peer)
         if room < min(16, depth // 4 or 1):
             return
         blocks = self.picker.pick(peer, room, now)

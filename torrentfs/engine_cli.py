@@ -180,6 +180,11 @@ async def run_download(args: argparse.Namespace) -> int:
             if torrent.first_piece_at is not None
             else None
         )
+        first_at = (
+            time.time() - (trio.current_time() - torrent.first_piece_at)
+            if torrent.first_piece_at is not None
+            else None
+        )
         print(
             f"{metainfo.name}: complete, {stats.total_size / 1e6:.1f} MB in {elapsed:.1f} s "
             f"({stats.total_size / max(elapsed, 1e-9) / 1e6:.1f} MB/s), "
@@ -193,6 +198,7 @@ async def run_download(args: argparse.Namespace) -> int:
                     {
                         "seconds": elapsed,
                         "first_piece_seconds": first,
+                        "first_piece_at": first_at,
                         "bytes": stats.total_size,
                         "downloaded": stats.downloaded,
                         "hash_failures": stats.hash_failures,

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -37,6 +38,7 @@ from torrentfs.net.tracker_client import (
     TrackerSet,
     TransferStats,
     announce,
+    make_tracker_set,
     scrape,
 )
 from torrentfs.tracker import TrackerFailure
@@ -796,3 +798,38 @@ async def test_no_trackers_waits_quietly(autojump_clock: MockClock) -> None:
         await nursery.start(trackers.run)
         await trio.sleep(10_000)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.interop
+async def test_make_tracker_set_wires_a_session_and_torrent(
+    opentracker: Opentracker, http_client: httpx.AsyncClient
+) -> None:
+    """The adapter `torrentfs.session` uses: duck-typed session and torrent objects."""
+    found: list[tuple[list[PeerAddress], str]] = []
+    announced = trio.Event()
+
+    def add_peers(peers: list[PeerAddress], source: str) -> None:
+        found.append((peers, source))
+        announced.set()
+
+    stats = SimpleNamespace(uploaded=1, downloaded=2, total_size=100, verified_bytes=40)
+    torrent = SimpleNamespace(
+        metainfo=SimpleNamespace(trackers=((opentracker.udp,),), info_hash=INFO_HASH),
+        add_peers=add_peers,
+        statistics=lambda: stats,
+    )
+    session = SimpleNamespace(
+        http_client=http_client,
+        peer_id=b"-TF0001-" + b"S" * 12,
+        listen_port=6201,
+        config=SimpleNamespace(udp_tracker_base_timeout=15.0, listen_host="127.0.0.1"),
+    )
+    trackers = make_tracker_set(session, torrent)
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trackers.run)
+            await announced.wait()
+            nursery.cancel_scope.cancel()
+    assert found == [([PeerAddress("127.0.0.1", 6201)], opentracker.udp)]  # ourselves
+    scraped = await scrape(opentracker.udp, [INFO_HASH], http_client=http_client)
+    assert scraped[INFO_HASH].incomplete == 0  # `stopped` was sent on the way out

@@ -88,12 +88,11 @@ async def announce(
 ) -> AnnounceResponse:
     """Announce `req` to the tracker at `url` (``http``, ``https`` or ``udp``).
 
-    `local_host` binds the UDP socket to our listen address, so the tracker records the
-    address peers can reach us on (HTTP binding is the client's transport's job).
-
     `http_client` is the session's one `httpx.AsyncClient` (connection pooling, TLS settings).
     `tracker_id` is echoed to HTTP trackers that gave one. `udp_connection` carries a UDP
-    tracker's connection id between announces (BEP 15 allows reuse for 60 s).
+    tracker's connection id between announces (BEP 15 allows reuse for 60 s). `local_host`
+    binds the UDP socket to our listen address, so the tracker records the address peers can
+    reach us on (for HTTP that is the client's transport's job, ``local_address``).
     """
     scheme = _scheme(url)
     try:

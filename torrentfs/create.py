@@ -34,12 +34,12 @@ Only v1 torrents are made: v2 (BEP 52) hashing is not implemented.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
-import queue
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from . import __version__
@@ -202,70 +202,6 @@ def scan_source(path: str | os.PathLike[str], *, name: str | None = None) -> Sou
     return tree
 
 
-class _SequentialReader:
-    """Fills buffers with the concatenation of `files`, one open file at a time."""
-
-    def __init__(self, files: Sequence[SourceFile]) -> None:
-        self._files: Iterator[SourceFile] = iter([f for f in files if f.length])
-        self._current: SourceFile | None = None
-        self._fd = -1
-        self._remaining = 0
-
-    def _open_next(self) -> bool:
-        self.close()
-        nxt = next(self._files, None)
-        if nxt is None:
-            return False
-        try:
-            self._fd = os.open(nxt.fs_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise CreateError(f"{nxt.fs_path}: {e.strerror or e}") from None
-        try:
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (AttributeError, OSError):  # pragma: no cover - advice only
-            pass
-        self._current = nxt
-        self._remaining = nxt.length
-        return True
-
-    def fill(self, buf: memoryview) -> int:
-        """Read up to ``len(buf)`` bytes into `buf`; fewer only at the end of the last file."""
-        pos, size = 0, len(buf)
-        while pos < size:
-            if self._remaining == 0 and not self._open_next():
-                break
-            current = self._current
-            assert current is not None
-            want = min(size - pos, self._remaining)
-            try:
-                got = os.readv(self._fd, [buf[pos : pos + want]])
-            except OSError as e:
-                raise CreateError(f"{current.fs_path}: {e.strerror or e}") from None
-            if got == 0:
-                raise CreateError(f"{current.fs_path}: file shrank while it was being hashed")
-            pos += got
-            self._remaining -= got
-            if self._remaining == 0:
-                self._check_unchanged()
-        return pos
-
-    def _check_unchanged(self) -> None:
-        current = self._current
-        assert current is not None
-        try:
-            size = os.fstat(self._fd).st_size
-        except OSError as e:  # pragma: no cover - fstat on an open fd
-            raise CreateError(f"{current.fs_path}: {e.strerror or e}") from None
-        if size != current.length:
-            raise CreateError(f"{current.fs_path}: file changed size while it was being hashed")
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._current = None
-
-
 def hash_pieces(
     files: Sequence[SourceFile],
     piece_length: int,
@@ -275,9 +211,11 @@ def hash_pieces(
 ) -> bytes:
     """The concatenated 20-byte SHA-1 of every piece of `files` laid end to end (BEP 3).
 
-    The calling thread reads; `threads` workers (default `default_threads`) hash. `progress`, if
-    given, is called in the calling thread with the number of bytes hashed so far, after every
-    chunk and once at the end with the total. An interrupt (KeyboardInterrupt) stops the workers.
+    `threads` workers (default `default_threads`) each take whole chunks of pieces, read them
+    with `pread` (files laid end to end, a chunk may span several) and hash them: reading and
+    hashing both run in parallel, and `hashlib` releases the GIL. `progress`, if given, is called
+    in the calling thread with the number of bytes hashed so far, and once at the end with the
+    total. An interrupt (KeyboardInterrupt) stops the workers.
     """
     if piece_length <= 0:
         raise CreateError(f"piece length {piece_length} must be positive")
@@ -291,35 +229,44 @@ def hash_pieces(
     chunk_size = pieces_per_chunk * piece_length
     num_chunks = -(-total // chunk_size)
     workers = min(workers, num_chunks)
-    # Enough buffers that the reader never waits on a busy worker, and no more: memory stays
-    # bounded at (workers + 2) chunks whatever the torrent's size.
-    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-    for _ in range(min(workers + 2, num_chunks)):
-        free.put(bytearray(chunk_size))
-    work: queue.SimpleQueue[tuple[int, bytearray, int] | None] = queue.SimpleQueue()
-    done_lock = threading.Lock()
+    layout = _Layout([f for f in files if f.length])
+    next_chunk = [0]
+    lock = threading.Lock()
     done = [0]
     failures: list[BaseException] = []
+    stop = threading.Event()
+    finished = threading.Semaphore(0)
     sha1 = hashlib.sha1
 
     def worker() -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            chunk, buf, nbytes = item
-            try:
+        buf = bytearray(chunk_size)
+        fds: dict[int, int] = {}
+        try:
+            while not stop.is_set():
+                with lock:
+                    chunk = next_chunk[0]
+                    next_chunk[0] += 1
+                if chunk >= num_chunks:
+                    return
+                offset = chunk * chunk_size
+                nbytes = min(chunk_size, total - offset)
                 view = memoryview(buf)[:nbytes]
+                layout.read_into(offset, view, fds)
                 out = chunk * pieces_per_chunk * 20
                 for start in range(0, nbytes, piece_length):
                     digests[out : out + 20] = sha1(view[start : start + piece_length]).digest()
                     out += 20
                 view.release()
-            except BaseException as e:  # pragma: no cover - hashing does not fail
-                failures.append(e)
-            with done_lock:
-                done[0] += nbytes
-            free.put(buf)
+                with lock:
+                    done[0] += nbytes
+                finished.release()
+        except BaseException as e:
+            failures.append(e)
+            stop.set()
+            finished.release()
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     pool = [
         threading.Thread(target=worker, name=f"torrentfs-hash-{i}", daemon=True)
@@ -327,29 +274,75 @@ def hash_pieces(
     ]
     for t in pool:
         t.start()
-    reader = _SequentialReader(files)
     try:
-        for chunk in range(num_chunks):
-            buf = free.get()
-            if failures:  # pragma: no cover - see worker
-                raise failures[0]
-            nbytes = reader.fill(memoryview(buf)[:chunk_size])
-            if nbytes != min(chunk_size, total - chunk * chunk_size):  # pragma: no cover
-                raise CreateError("files changed while they were being hashed")
-            work.put((chunk, buf, nbytes))
+        for _ in range(num_chunks):
+            finished.acquire()
+            if failures:
+                break
             if progress is not None:
                 progress(done[0])
     finally:
-        reader.close()
-        for _ in pool:
-            work.put(None)
-    for t in pool:
-        t.join()
-    if failures:  # pragma: no cover - see worker
+        stop.set()
+        for t in pool:
+            t.join()
+    if failures:
         raise failures[0]
+    layout.check_unchanged()
     if progress is not None:
         progress(total)
     return bytes(digests)
+
+
+class _Layout:
+    """Positional reads over files laid end to end (each worker keeps its own descriptors)."""
+
+    def __init__(self, files: Sequence[SourceFile]) -> None:
+        self.files = list(files)
+        self.starts: list[int] = []
+        pos = 0
+        for f in self.files:
+            self.starts.append(pos)
+            pos += f.length
+
+    def _fd(self, index: int, fds: dict[int, int]) -> int:
+        fd = fds.get(index)
+        if fd is None:
+            f = self.files[index]
+            try:
+                fd = os.open(f.fs_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CreateError(f"{f.fs_path}: {e.strerror or e}") from None
+            fds[index] = fd
+        return fd
+
+    def read_into(self, offset: int, view: memoryview, fds: dict[int, int]) -> None:
+        index = bisect.bisect_right(self.starts, offset) - 1
+        pos = 0
+        while pos < len(view):
+            f = self.files[index]
+            within = offset + pos - self.starts[index]
+            want = min(len(view) - pos, f.length - within)
+            fd = self._fd(index, fds)
+            while want > 0:
+                try:
+                    got = os.preadv(fd, [view[pos : pos + want]], within)
+                except OSError as e:
+                    raise CreateError(f"{f.fs_path}: {e.strerror or e}") from None
+                if got == 0:
+                    raise CreateError(f"{f.fs_path}: file shrank while it was being hashed")
+                pos += got
+                within += got
+                want -= got
+            index += 1
+
+    def check_unchanged(self) -> None:
+        for f in self.files:
+            try:
+                size = os.stat(f.fs_path).st_size
+            except OSError as e:
+                raise CreateError(f"{f.fs_path}: {e.strerror or e}") from None
+            if size != f.length:
+                raise CreateError(f"{f.fs_path}: file changed size while it was being hashed")
 
 
 def _check_url(url: str, what: str, schemes: frozenset[str]) -> None:

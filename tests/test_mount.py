@@ -474,3 +474,50 @@ def test_bad_mountpoint_is_one_line_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("torrentfs: ")
     assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- many torrents
+
+
+def test_a_thousand_idle_torrents_mount_list_and_stay_silent(
+    tmp_path: Path, mount_factory: Any
+) -> None:
+    """1,000 torrents: all listed; idle ones open no connection (nobody reads, nothing to seed)."""
+    from torrentfs.create import make_torrent as make
+
+    src = tmp_path / "one.bin"
+    src.write_bytes(os.urandom(40_000))
+    m = mount_factory("--read-timeout", "5")
+    m.stop()
+    for i in range(1000):
+        data, _ = make(src, name=f"t{i:04d}.bin", trackers=["http://127.0.0.1:9/announce"])
+        (m.metainfo_dir / f"t{i:04d}.torrent").write_bytes(data)
+    started = time.monotonic()
+    m.start()
+    wait_for("1,000 entries", lambda: len(os.listdir(m.mountpoint)) == 1000, 120)
+    listed = time.monotonic() - started
+    t0 = time.monotonic()
+    names = os.listdir(m.mountpoint)
+    sizes = {os.stat(m.mountpoint / n).st_size for n in names}
+    ls_time = time.monotonic() - t0
+    assert sizes == {40_000}
+    assert m.proc is not None
+    pid = m.proc.pid
+    cpu_before = _cpu_seconds(pid)
+    time.sleep(3)
+    cpu_idle = _cpu_seconds(pid) - cpu_before
+    sockets = [
+        fd for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    ]  # fmt: skip
+    print(
+        f"1,000 torrents listed {listed:.1f} s after start; ls+stat {ls_time * 1000:.0f} ms; "
+        f"idle CPU {cpu_idle:.2f} s over 3 s; {len(sockets)} sockets"
+    )
+    # The listener(s), the FUSE channel's helpers and the HTTP client: a handful, not 1,000.
+    assert len(sockets) < 16, sockets
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

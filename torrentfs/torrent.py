@@ -235,7 +235,6 @@ class Torrent:
                 self._nursery = nursery
                 for _ in range(self.config.verify_workers):
                     nursery.start_soon(self._verifier)
-                nursery.start_soon(self._ticker)
                 if self.config.upload and self.have.any():
                     self._activate()
                 task_status.started()
@@ -282,6 +281,7 @@ class Torrent:
             if self._trackers is not None:
                 self._nursery.start_soon(self._trackers.run)
         self._nursery.start_soon(self._dialer)
+        self._nursery.start_soon(self._ticker)
         self._dial_wake.set()
 
     # ------------------------------------------------------------------ wants and reads
@@ -441,6 +441,10 @@ class Torrent:
         """An incoming connection whose handshake named this torrent (from the listener)."""
         if self._nursery is None or self._closed:
             return False
+        if not self._active:
+            if not (self.config.upload and self.have.any()):
+                return False  # idle and nothing to seed: stay silent
+            self._activate()
         if conn.address.host in self.banned or len(self.peers) >= self.config.max_peers:
             return False
         self._nursery.start_soon(self._accepted, conn, hs)

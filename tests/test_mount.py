@@ -76,7 +76,7 @@ class TorrentfsMount:
         cmd = [
             sys.executable, "-m", "torrentfs", str(self.metainfo_dir), str(self.mountpoint),
             "--download-dir", str(self.download_dir), "--state-dir", str(self.state_dir),
-            "--listen", "127.0.0.1:0", "--no-dht", "-v", *self.extra,
+            "--listen", "127.0.0.1:0", "--no-dht", "-v", "-f", *self.extra,
         ]  # fmt: skip
         mounts_before = self.log().count("mounted at ")
         with self.log_path.open("ab") as log:

@@ -19,29 +19,29 @@ The mount is detached before the engine stops because the engine's shutdown may 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import logging.handlers
+import os
 import re
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from torrentfs import config
+from torrentfs.daemon import Readiness, daemonize, report_status
 from torrentfs.errors import TorrentfsError
-from torrentfs.fs.mount import Mount, fuse_options
+from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
 from torrentfs.readahead import ReadaheadPolicy
 from torrentfs.reader import DEFAULT_READ_TIMEOUT
-from torrentfs.session import (
-    Session,
-    SessionConfig,
-    default_download_dir,
-    default_state_dir,
-    open_session,
-)
+from torrentfs.session import Session, SessionConfig, open_session
 from torrentfs.torrent import TorrentConfig
 from torrentfs.watch import MetainfoItem, MetainfoWatcher
 
@@ -51,6 +51,7 @@ _DEFAULT_POLICY = ReadaheadPolicy()
 
 PROG = "torrentfs"
 EXIT_USAGE = 2
+EXIT_BUG = 70  # EX_SOFTWARE, as the CLI
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -90,18 +91,33 @@ def _listen(text: str) -> tuple[str | None, int | None]:
 
 
 def build_mount_parser() -> argparse.ArgumentParser:
+    """The mount command's parser; its long options are also the config keys (`config`)."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} [options] METAINFO_DIR MOUNTPOINT",
+        usage=f"{PROG} [options] METAINFO_DIR MOUNTPOINT | {PROG} CONFIG.toml [options]",
         description="Mount every .torrent/.magnet file of METAINFO_DIR at MOUNTPOINT, "
-        "read-only, downloading only what is read.",
+        "read-only, downloading only what is read. Every long option is also a key of the "
+        "TOML config file and a -o key=value mount option (command line > -o > file).",
     )
-    p.add_argument("metainfo_dir", metavar="METAINFO_DIR", type=Path)
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
-    p.add_argument("--download-dir", type=Path, help="where data is kept (default: %(default)s)",
-                   default=default_download_dir())  # fmt: skip
-    p.add_argument("--state-dir", type=Path, default=default_state_dir(),
-                   help="resume state (default: %(default)s)")  # fmt: skip
+    p.add_argument("metainfo_dir", metavar="METAINFO_DIR", type=Path, nargs="?")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path, nargs="?")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings (or: a config file as the only argument)")  # fmt: skip
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground (default: daemonise once mounted)")  # fmt: skip
+    p.add_argument("--log-file", type=Path, metavar="FILE",
+                   help="when daemonised, log here instead of syslog")  # fmt: skip
+    p.add_argument("--system", action="store_true",
+                   help="system instance: data in /var/cache/torrentfs, state in "
+                   "/var/lib/torrentfs (the default when run as root)")  # fmt: skip
+    p.add_argument("--clear-stale", action="store_true",
+                   help="only detach a stale mount at MOUNTPOINT, then exit")  # fmt: skip
+    p.add_argument("--download-dir", type=Path, default=None,
+                   help="where data is kept (default: ~/.cache/torrentfs, or "
+                   "/var/cache/torrentfs for a system instance)")  # fmt: skip
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="resume state (default: ~/.local/state/torrentfs, or "
+                   "/var/lib/torrentfs for a system instance)")  # fmt: skip
     p.add_argument("--read-timeout", type=_positive_float, default=DEFAULT_READ_TIMEOUT,
                    metavar="SECONDS",
                    help="a read waits at most this long, then fails with EIO "
@@ -115,8 +131,10 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    help="readahead: seconds of data ahead at the download rate "
                    "(default: %(default)g)")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="FUSE mount options, comma-separated (allow_other, default_permissions, "
-                   "...); always ro, fsname=torrentfs, subtype=torrentfs")  # fmt: skip
+                   help="mount options, comma-separated: any setting as key=value, FUSE options "
+                   "(allow_other, default_permissions, max_read=N...), generic mount options "
+                   "(defaults, nofail, _netdev, x-systemd.*: ignored); always ro, "
+                   "fsname=torrentfs, subtype=torrentfs")  # fmt: skip
     p.add_argument("--port", type=int, default=None, help="BitTorrent listen port (default 6881)")
     p.add_argument("--listen", type=_listen, default=None, metavar="HOST[:PORT]",
                    help="listen address (default: every interface)")  # fmt: skip
@@ -126,8 +144,47 @@ def build_mount_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_options(values: Sequence[str]) -> list[str]:
-    return [o.strip() for v in values for o in v.split(",") if o.strip()]
+@dataclass
+class MountSettings:
+    """The merged settings of one mount (`resolve_settings`): argparse's namespace plus FUSE
+    options; every path absolute (the daemon changes to ``/``)."""
+
+    args: argparse.Namespace
+    fuse: list[str] = field(default_factory=list)
+
+
+def resolve_settings(argv: Sequence[str]) -> MountSettings:
+    """Command line > ``-o`` > config file > defaults. Raises `ConfigError`/`UsageError`;
+    argparse's own usage errors raise ``SystemExit(2)`` after printing."""
+    parser = build_mount_parser()
+    args = parser.parse_args(list(argv))
+    cli = config.explicit_dests(build_mount_parser(), argv)
+    if args.metainfo_dir is not None and args.mountpoint is None:
+        if args.config is not None or args.metainfo_dir.expanduser().is_dir():
+            raise UsageError(f"{args.metainfo_dir}: MOUNTPOINT missing")
+        args.config, args.metainfo_dir = args.metainfo_dir, None
+        cli.discard("metainfo_dir")
+    specs = config.option_specs(parser)
+    file_layer = None
+    if args.config is not None:
+        file_layer = config.load_file(args.config.expanduser(), specs)
+    options_layer = config.from_options(config.split_options(args.options), specs)
+    merged, fuse = config.merge(args, cli, options_layer, file_layer)
+    if merged.metainfo_dir is None or merged.mountpoint is None:
+        raise UsageError(
+            "METAINFO_DIR and MOUNTPOINT are needed (as arguments, or metainfo_dir and "
+            "mountpoint in the config file)"
+        )
+    download_dir, state_dir = config.default_dirs(
+        system=config.is_system_instance(system_flag=merged.system)
+    )
+    merged.download_dir = merged.download_dir or download_dir
+    merged.state_dir = merged.state_dir or state_dir
+    for name in ("metainfo_dir", "mountpoint", "download_dir", "state_dir", "log_file"):
+        value = getattr(merged, name)
+        if value is not None:
+            setattr(merged, name, Path(os.path.abspath(Path(value).expanduser())))
+    return MountSettings(merged, fuse)
 
 
 class Library:
@@ -171,12 +228,19 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
     )
 
 
-async def run_mount(args: argparse.Namespace) -> int:
-    """Everything of one mount, in one nursery; returns the exit status."""
+async def run_mount(
+    args: argparse.Namespace, fuse: Sequence[str] = (), readiness: Readiness | None = None
+) -> int:
+    """Everything of one mount, in one nursery; returns the exit status.
+
+    ``readiness`` is told the mount is live once the kernel has it and the metainfo folder's
+    first pass is in the tree: ``mount`` then returns with the torrents already visible.
+    """
+    ready = readiness if readiness is not None else Readiness()
     metainfo_dir: Path = args.metainfo_dir.expanduser()
     if not metainfo_dir.is_dir():
         raise UsageError(f"{metainfo_dir}: not a directory")
-    options = _split_options(args.options)
+    options = list(fuse)
     allow_other = "allow_other" in options
     fuse_opts = fuse_options(
         allow_other=allow_other, extra=[o for o in options if o != "allow_other"]
@@ -198,16 +262,24 @@ async def run_mount(args: argparse.Namespace) -> int:
         status = 0
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_on_signals, ops, mount)
+                nursery.start_soon(_on_signals, ops, mount, ready)
+
+                async def serve() -> None:
+                    nonlocal status
+                    try:
+                        await mount.serve()
+                    except OSError as exc:
+                        log.error("FUSE loop failed: %s", exc)
+                        status = 1
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(serve)
                 watcher = MetainfoWatcher(metainfo_dir, Library(session, ops))
-                nursery.start_soon(watcher.run)
-                try:
-                    await mount.serve()
-                except OSError as exc:
-                    log.error("FUSE loop failed: %s", exc)
-                    status = 1
-                nursery.cancel_scope.cancel()
+                await nursery.start(watcher.run)  # the first pass is in the tree
+                ready.ready(f"mounted at {mount.mountpoint}")
+                nursery.start_soon(report_status, session, ready)
         finally:
+            ready.stopping()
             started = time.monotonic()
             ops.shutdown()  # 1. no more reads; blocked readers get EIO
             mount.terminate()  # 2. (already ended unless we got here by an error)
@@ -216,23 +288,32 @@ async def run_mount(args: argparse.Namespace) -> int:
     return status  # 4. leaving open_session stopped the engine
 
 
-async def _on_signals(ops: FsOperations, mount: Mount) -> None:
+async def _on_signals(ops: FsOperations, mount: Mount, ready: Readiness) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            ready.stopping()
             ops.shutdown()
             await ops.wait_drained()
             mount.terminate()
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, *, syslog: bool = False) -> None:
     level = logging.INFO if verbose <= 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     )
+    if syslog and os.path.exists("/dev/log"):
+        # Daemonised without a log file: the journal (or syslog) keeps the story.
+        try:
+            handler = logging.handlers.SysLogHandler(
+                "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            handler.setFormatter(logging.Formatter(f"{PROG}[{os.getpid()}]: %(name)s: %(message)s"))
+        except OSError:
+            pass
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if verbose == 0:
         # One line per event: the engine's per-peer chatter only with -v.
         for noisy in ("torrentfs.torrent", "torrentfs.net", "torrentfs.session", "pyfuse3"):
@@ -240,21 +321,56 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
-def main_mount(argv: Sequence[str]) -> int:
-    """``torrentfs [options] METAINFO_DIR MOUNTPOINT``; returns the exit status."""
+def clear_stale(mountpoint: Path) -> int:
+    """``--clear-stale``: detach a dead mount left at ``mountpoint`` (a crashed instance)."""
     try:
-        args = build_mount_parser().parse_args(list(argv))
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return 0  # missing or unreadable: the mount itself will say so
+        if not lazy_unmount(mountpoint):
+            print(f"{PROG}: {mountpoint}: stale mount could not be detached", file=sys.stderr)
+            return 1
+        print(f"{PROG}: {mountpoint}: stale mount detached", file=sys.stderr)
+    return 0
+
+
+def main_mount(argv: Sequence[str]) -> int:
+    """``torrentfs [options] METAINFO_DIR MOUNTPOINT``; returns the exit status.
+
+    Without ``-f`` the process daemonises and the calling process exits only once the mount
+    is live (0), or failed (its status and one line of reason) - what ``mount`` expects.
+    """
+    try:
+        settings = resolve_settings(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    _setup_logging(args.verbose)
+    except TorrentfsError as exc:
+        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    args = settings.args
+    if args.clear_stale:
+        return clear_stale(args.mountpoint)
+    if not args.metainfo_dir.is_dir():
+        print(f"{PROG}: {args.metainfo_dir}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    readiness = Readiness()
+    if not args.foreground:
+        readiness = daemonize(log_file=args.log_file)  # only the child returns
+    _setup_logging(args.verbose, syslog=not args.foreground and args.log_file is None)
     try:
-        return trio.run(run_mount, args)
+        status = trio.run(run_mount, args, settings.fuse, readiness)
     except BaseException as exc:
         user_error = _user_error(exc)
         if user_error is None:
+            readiness.failed(EXIT_BUG, f"internal error: {exc!r}")
             raise
-        print(f"{PROG}: {' '.join(str(user_error).split())}", file=sys.stderr)
+        message = " ".join(str(user_error).split())
+        readiness.failed(EXIT_USAGE, message)
+        print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_USAGE
+    readiness.failed(status or 1, "the mount ended before it was ready")
+    return status
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -266,4 +382,13 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-__all__ = ["Library", "build_mount_parser", "main_mount", "parse_size", "run_mount"]
+__all__ = [
+    "Library",
+    "MountSettings",
+    "build_mount_parser",
+    "clear_stale",
+    "main_mount",
+    "parse_size",
+    "resolve_settings",
+    "run_mount",
+]

@@ -124,7 +124,7 @@ class Bucket:
     hi: int
     last_changed: float
     nodes: list[NodeEntry]
-    replacements: list[NodeInfo]
+    replacements: list[NodeEntry]  # oldest first; keep their history for promotion
 
     def covers(self, id_int: int) -> bool:
         return self.lo <= id_int < self.hi
@@ -366,7 +366,7 @@ class RoutingTable:
                 self._add_ip(node.host)
                 bucket.last_changed = now
                 return []
-        self._add_replacement(bucket, node)
+        self._add_replacement(bucket, entry)
         for old in bucket.nodes:  # least recently seen first
             if old.ping_pending:
                 return []  # one questionable node at a time (BEP 5)
@@ -375,24 +375,25 @@ class RoutingTable:
                 return [PingRequest(old.node)]
         return []
 
-    def _add_replacement(self, bucket: Bucket, node: NodeInfo) -> None:
+    def _add_replacement(self, bucket: Bucket, entry: NodeEntry) -> None:
         cache = bucket.replacements
         for i, old in enumerate(cache):
-            if old.node_id == node.node_id or old.host == node.host:
+            if old.node.node_id == entry.node.node_id or old.node.host == entry.node.host:
                 del cache[i]
                 break
-        cache.append(node)
+        cache.append(entry)
         if len(cache) > self.k:
             del cache[0]
 
     def _promote_replacement(self, bucket: Bucket, i: int, now: float) -> bool:
         while bucket.replacements:
-            candidate = bucket.replacements.pop()  # newest first
-            if self._ip_full(candidate.host) and bucket.nodes[i].node.host != candidate.host:
+            spare = bucket.replacements.pop()  # newest first
+            host = spare.node.host
+            if self._ip_full(host) and bucket.nodes[i].node.host != host:
                 continue
-            self._drop_ip(bucket.nodes[i].node.host)
-            bucket.nodes[i] = NodeEntry(candidate)
-            self._add_ip(candidate.host)
+            self._drop_ip(bucket.nodes.pop(i).node.host)
+            bucket.nodes.append(spare)  # it was seen recently
+            self._add_ip(host)
             bucket.last_changed = now
             return True
         return False
@@ -404,8 +405,8 @@ class RoutingTable:
         for entry in bucket.nodes:
             target = low if int.from_bytes(entry.node.node_id, "big") < mid else high
             target.nodes.append(entry)
-        for node in bucket.replacements:
-            target = low if int.from_bytes(node.node_id, "big") < mid else high
-            target.replacements.append(node)
+        for spare in bucket.replacements:
+            target = low if int.from_bytes(spare.node.node_id, "big") < mid else high
+            target.replacements.append(spare)
         i = self._buckets.index(bucket)
         self._buckets[i : i + 1] = [low, high]

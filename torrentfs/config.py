@@ -276,17 +276,25 @@ def from_options(options: Iterable[str], specs: Mapping[str, OptionSpec]) -> Lay
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The ``dest`` of every option actually given in ``argv`` (not filled by a default)."""
+    """The ``dest`` of every option actually given in ``argv`` (not filled by a default).
+
+    Options are parsed once more with every default suppressed; an optional positional counts
+    when it holds a value (argparse would run its type on a suppressed default).
+    """
     defaults: dict[str, Any] = {}
+    positionals = {a.dest for a in parser._actions if not a.option_strings}
     for action in parser._actions:
         defaults[action.dest] = action.default
-        action.default = argparse.SUPPRESS
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+        else:
+            action.default = None
     try:
-        given = parser.parse_args(list(argv))
+        given = vars(parser.parse_args(list(argv)))
     finally:
         for action in parser._actions:
             action.default = defaults[action.dest]
-    return set(vars(given))
+    return {d for d, v in given.items() if d not in positionals or v is not None}
 
 
 def merge(

@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "watch": 6,
     "status": 6,
     "config": 6,
+    "daemon": 6,
     "app": 6,
     "cli": 6,
     "engine_cli": 6,

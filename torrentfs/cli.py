@@ -117,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and not args[0].startswith("-") and args[0] not in known_commands():
-            return _main_mount(args)
+        if (
+            args
+            and args[0] not in known_commands()
+            and args[0] not in ("-h", "--help", "--version")
+        ):
+            return _main_mount(args)  # the mount form, options first or not
         command = args[0] if args else None
         namespace = build_parser(command).parse_args(args)
         result: int = namespace.func(namespace)

@@ -58,7 +58,7 @@ class TorrentConfig:
 
     max_peers: int = 50
     upload: bool = True
-    request_timeout: float = 20.0
+    request_timeout: float = 10.0
     handshake_timeout: float = 10.0
     idle_timeout: float = 150.0
     keepalive_interval: float = 60.0
@@ -117,6 +117,7 @@ class Peer:
         self.last_received = 0.0
         self.last_sent = 0.0
         self.snubbed = False
+        self.choked_with_requests = False
         self.allowed_fast: set[int] = set()
         self.ext_ids: dict[str, int] = {}
         self.reqq = 250
@@ -577,10 +578,18 @@ class Torrent:
                 self._update_interest(peer)
         elif t is m.Unchoke:
             peer.peer_choking = False
+            if peer.choked_with_requests:
+                # BEP 6 says a choking peer rejects what it will not serve, but not every client
+                # does: requests left from before the choke are asked again rather than waited
+                # out until their timeout (a stalled read otherwise).
+                peer.choked_with_requests = False
+                self._release_requests(peer)
         elif t is m.Choke:
             peer.peer_choking = True
             if not peer.fast:
                 self._release_requests(peer)
+            else:
+                peer.choked_with_requests = self.picker.outstanding_of(peer) > 0
         elif t is m.Interested:
             peer.peer_interested = True
             self._maybe_unchoke_now(peer)
@@ -629,6 +638,12 @@ class Torrent:
         interesting = self.picker.is_interesting(peer)
         if interesting != peer.am_interested:
             peer.am_interested = interesting
+            if not interesting:
+                # Nothing more wanted from this peer: withdraw what is still asked of it, so
+                # no request lingers if the peer then chokes us without rejecting it.
+                released = self.picker.release_requests(peer)
+                if released:
+                    peer.conn.queue(b"".join(m.encode(m.Cancel(*r)) for r in released))
             peer.conn.queue(m.encode(m.Interested() if interesting else m.NotInterested()))
 
     def _fill_requests(self, peer: Peer) -> None:
@@ -649,7 +664,14 @@ class Torrent:
             return
         blocks = self.picker.pick(peer, room, now)
         if peer.peer_choking:
-            blocks = [b for b in blocks if b[0] in peer.allowed_fast] or []
+            # Choked: only BEP 6 allowed-fast pieces may be asked for. The picker recorded every
+            # block it picked as requested, so give the others back at once (else they would sit
+            # "in flight", never sent, until their timeout).
+            allowed = [b for b in blocks if b[0] in peer.allowed_fast]
+            for piece, begin, _length in blocks:
+                if piece not in peer.allowed_fast:
+                    self.picker.request_failed(piece, begin, peer)
+            blocks = allowed
         if not blocks:
             return
         peer.conn.queue(m.encode_request_batch([m.Request(i, b, n) for i, b, n in blocks]))

@@ -198,6 +198,7 @@ class Torrent:
         self.buffers: dict[int, PieceBuffer] = {}
         self._piece_events: dict[int, trio.Event] = {}
         self._want_ids = itertools.count(1)
+        self._want_ranges: dict[int, tuple[int, int, Priority]] = {}
         self._on_verified = on_verified
         self._trackers_factory = trackers_factory
         self._trackers: Any = None
@@ -304,17 +305,38 @@ class Torrent:
             return
         length = min(length, self.metainfo.total_size - offset)
         if length <= 0:
-            self.picker.remove_want(want_id)
+            self._drop_want(want_id)
             return
         pieces = self.geometry.pieces_for_range(offset, length)
+        key = (pieces.start, pieces.stop, priority)
+        if self._want_ranges.get(want_id) == key:
+            return  # the same pieces at the same priority: nothing for the picker to redo
+        self._want_ranges[want_id] = key
         self.picker.add_want(want_id, pieces.start, pieces.stop - 1, priority, deadline)
         if any(not self.have[p] for p in pieces):
             self._activate()
+            if priority >= Priority.NOW:
+                self._cancel_unwanted()
             self._on_wants_changed()
 
     def _drop_want(self, want_id: int) -> None:
+        self._want_ranges.pop(want_id, None)
         self.picker.remove_want(want_id)
+        self._cancel_unwanted()
         self._on_wants_changed()
+
+    def _cancel_unwanted(self) -> None:
+        """Withdraw requests for pieces nobody wants any more (a seek dropped their window).
+
+        Otherwise an urgent read queues behind them at the peer: head-of-line blocking.
+        """
+        picker = self.picker
+        for peer in list(self.peers):
+            stale = [r for r in picker.requests_of(peer) if not picker.is_wanted(r[0])]
+            for piece, begin, length in stale:
+                picker.request_failed(piece, begin, peer)
+            if stale:
+                peer.conn.queue(b"".join(m.encode(m.Cancel(*r)) for r in stale))
 
     def set_download_all(self, enabled: bool = True) -> None:
         self.picker.set_download_all(enabled)

@@ -333,7 +333,7 @@ class Torrent:
         picker = self.picker
         for peer in list(self.peers):
             stale = [r for r in picker.requests_of(peer) if not picker.is_wanted(r[0])]
-            for piece, begin, length in stale:
+            for piece, begin, _length in stale:
                 picker.request_failed(piece, begin, peer)
             if stale:
                 peer.conn.queue(b"".join(m.encode(m.Cancel(*r)) for r in stale))

@@ -40,7 +40,6 @@ Speed is reported, never judged: the exit status is 1 only if a download was wro
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -69,7 +68,6 @@ from bench_lib import (
     free_port,
     median,
     next_loopback,
-    parse_size,
     require_isolated_network,
     run_measured,
     sha256_file,
@@ -314,19 +312,16 @@ def report(results: list[Result], clients: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=GiB, help="torrent size (default 1GiB)")
-    p.add_argument("--piece-length", type=parse_size, default=MiB, help="default 1MiB")
-    p.add_argument("--clients", default=",".join(CLIENTS), help="comma list: " + ",".join(CLIENTS))
-    p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="payload seed")
-    p.add_argument("--timeout", type=float, default=900.0, help="per client run, seconds")
-    p.add_argument("--json", type=Path, default=None, help="also write results here")
+    from bench_lib import parse_clients, swarm_bench_parser
+
+    p = swarm_bench_parser(
+        __doc__.split("\n\n")[0],
+        CLIENTS,
+        "comma list: " + ",".join(CLIENTS),
+        "per client run, seconds",
+    )
     args = p.parse_args(argv)
-    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    unknown = [c for c in clients if c not in JOBS]
-    if unknown:
-        p.error(f"unknown client(s): {', '.join(unknown)}; known: {', '.join(CLIENTS)}")
+    clients = parse_clients(p, args.clients, [c for c in CLIENTS if c in JOBS])
     try:
         require_isolated_network()
     except HarnessError as exc:

@@ -20,6 +20,7 @@ What they guarantee, so that every benchmark measures the same way:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -269,3 +270,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)
+
+
+def swarm_bench_parser(
+    description: str, clients: Sequence[str], clients_help: str, timeout_help: str
+) -> argparse.ArgumentParser:
+    """The options every swarm benchmark shares (size, pieces, clients, runs, seed, output)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--size", type=parse_size, default=1 << 30, help="torrent size (default 1GiB)")
+    p.add_argument("--piece-length", type=parse_size, default=1 << 20, help="default 1MiB")
+    p.add_argument("--clients", default=",".join(clients), help=clients_help)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="payload seed")
+    p.add_argument("--timeout", type=float, default=900.0, help=timeout_help)
+    p.add_argument("--json", type=Path, default=None, help="also write results here")
+    return p
+
+
+def parse_clients(parser: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
+    """The comma list of clients; an unknown name is a usage error."""
+    clients = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in clients if c not in known]
+    if unknown:
+        parser.error(f"unknown client(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return clients

@@ -37,7 +37,6 @@ and its process killed, and the run is reported as failed.  Logs stay in
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -59,7 +58,6 @@ import bench_download
 from bench_lib import (
     MB,
     ROOT,
-    GiB,
     HarnessError,
     LibtorrentPeer,
     MiB,
@@ -69,7 +67,6 @@ from bench_lib import (
     format_table,
     median,
     next_loopback,
-    parse_size,
     require_isolated_network,
     vm_hwm,
 )
@@ -547,21 +544,16 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=GiB, help="torrent size (default 1GiB)")
-    p.add_argument("--piece-length", type=parse_size, default=MiB, help="default 1MiB")
-    p.add_argument("--clients", default=",".join(CLIENTS),
-                   help="comma list of: torrentfs,btfs (mounts), download (torrentfs download), "
-                   "aria2c")  # fmt: skip
-    p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="payload seed")
-    p.add_argument("--timeout", type=float, default=900.0, help="per read/dd/download, seconds")
-    p.add_argument("--json", type=Path, default=None, help="also write results here")
+    from bench_lib import parse_clients, swarm_bench_parser
+
+    p = swarm_bench_parser(
+        __doc__.split("\n\n")[0],
+        CLIENTS,
+        "comma list of: torrentfs,btfs (mounts), download (torrentfs download), aria2c",
+        "per read/dd/download, seconds",
+    )
     args = p.parse_args(argv)
-    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    unknown = [c for c in clients if c not in CLIENTS]
-    if unknown:
-        p.error(f"unknown client(s): {', '.join(unknown)}; known: {', '.join(CLIENTS)}")
+    clients = parse_clients(p, args.clients, CLIENTS)
     try:
         require_isolated_network()
     except HarnessError as exc:

@@ -54,6 +54,8 @@ LAYERS: dict[str, int] = {
     "torrent": 5,
     "session": 5,
     "reader": 5,
+    "metadata_fetch": 5,
+    "magnet_handle": 5,
     # L6 edges
     "fs": 6,
     "watch": 6,

@@ -18,15 +18,18 @@ from pathlib import Path
 
 import trio
 
-from torrentfs.errors import TorrentfsError
+from torrentfs.errors import ReadTimeout, TorrentfsError
+from torrentfs.magnet import Magnet, parse_magnet
 from torrentfs.metainfo import Metainfo, parse_metainfo
 from torrentfs.session import (
+    Session,
     SessionConfig,
     default_state_dir,
     open_session,
 )
 from torrentfs.torrent import Torrent, TorrentConfig
 from torrentfs.types import PeerAddress
+from torrentfs.watch import load_file
 
 log = logging.getLogger("torrentfs")
 
@@ -150,13 +153,70 @@ async def _wait_for_signal() -> None:
             return
 
 
+def load_download_source(text: str) -> Metainfo | Magnet:
+    """A magnet URI, a ``.magnet`` file (its first magnet) or a ``.torrent`` file."""
+    if text.startswith("magnet:"):
+        try:
+            return parse_magnet(text)
+        except TorrentfsError as exc:
+            raise TorrentfsError(f"invalid magnet URI: {exc}") from None
+    path = Path(text)
+    if path.name.lower().endswith(".magnet"):
+        try:
+            items = load_file(path)
+        except OSError as exc:
+            raise TorrentfsError(f"{path}: {exc.strerror or exc}") from None
+        except TorrentfsError as exc:
+            raise TorrentfsError(f"{path}: {exc}") from None
+        magnet = items[0].magnet
+        assert magnet is not None
+        return magnet
+    return load_torrent_file(path)
+
+
+async def _wait_metadata(
+    session: Session, magnet: Magnet, args: argparse.Namespace, out: Path
+) -> Torrent | None:
+    """Resolve a magnet (BEP 9) until its torrent exists; None if interrupted."""
+    handle = await session.add_magnet(magnet, data_dir=out, download_all=True)
+    if handle.fetcher is not None:
+        handle.fetcher.add_peers(list(args.peer), "command line")
+    torrent: Torrent | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def interrupted() -> None:
+            await _wait_for_signal()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(interrupted)
+        while True:
+            try:
+                torrent = await handle.wait_torrent(timeout=args.progress_interval)
+                break
+            except ReadTimeout:
+                log.info("%s: fetching metadata (%s)", handle.name, handle.summary())
+        nursery.cancel_scope.cancel()
+    return torrent
+
+
 async def run_download(args: argparse.Namespace) -> int:
-    metainfo = load_torrent_file(args.torrent)
+    source = load_download_source(args.torrent)
     out: Path = args.output
     config = session_config(args, out)
     wall0 = time.monotonic()
+    metadata_seconds: float | None = None
     async with open_session(config) as session:
-        torrent = await session.add_torrent(metainfo, data_dir=out, download_all=True)
+        clock0 = trio.current_time()
+        if isinstance(source, Magnet):
+            found = await _wait_metadata(session, source, args, out)
+            if found is None:
+                print("torrentfs: download interrupted", file=sys.stderr)
+                return 130
+            torrent = found
+            metadata_seconds = trio.current_time() - clock0
+        else:
+            torrent = await session.add_torrent(source, data_dir=out, download_all=True)
+        metainfo = torrent.metainfo
         torrent.add_peers(list(args.peer), "command line")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_progress, torrent, args.progress_interval)
@@ -199,6 +259,12 @@ async def run_download(args: argparse.Namespace) -> int:
                         "seconds": elapsed,
                         "first_piece_seconds": first,
                         "first_piece_at": first_at,
+                        "metadata_seconds": metadata_seconds,
+                        "first_piece_since_start": (
+                            None
+                            if torrent.first_piece_at is None
+                            else torrent.first_piece_at - clock0
+                        ),
                         "bytes": stats.total_size,
                         "downloaded": stats.downloaded,
                         "hash_failures": stats.hash_failures,
@@ -241,8 +307,8 @@ async def run_seed(args: argparse.Namespace) -> int:
 
 
 def build_download_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download a whole torrent to a directory")
-    p.add_argument("torrent", type=Path, metavar="TORRENT")
+    p = sub.add_parser("download", help="download a whole torrent (or a magnet) to a directory")
+    p.add_argument("torrent", metavar="TORRENT", help=".torrent file, .magnet file or magnet URI")
     p.add_argument(
         "-o", "--output", type=Path, default=None, help="directory to save into (default: .)"
     )

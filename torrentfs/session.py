@@ -24,6 +24,8 @@ import trio
 
 from torrentfs.bitfield import Bitfield
 from torrentfs.errors import ProtocolError, TorrentfsError
+from torrentfs.magnet import Magnet
+from torrentfs.magnet_handle import MagnetHandle
 from torrentfs.metainfo import Metainfo
 from torrentfs.net.peer import PeerConnection
 from torrentfs.torrent import Torrent, TorrentConfig, TorrentStats
@@ -68,6 +70,8 @@ class Session:
         self.config = config
         self.peer_id = make_peer_id()
         self.torrents: dict[bytes, Torrent] = {}
+        self.magnets: dict[bytes, MagnetHandle] = {}
+        """Magnets by info-hash, from `add_magnet` until `remove_torrent`."""
         self._scopes: dict[bytes, trio.CancelScope] = {}
         self._nursery = nursery
         self._half_open = trio.Semaphore(config.max_half_open)
@@ -225,7 +229,22 @@ class Session:
             return None
         return make_tracker_set(self, torrent)
 
+    async def add_magnet(
+        self, magnet: Magnet, *, data_dir: Path | None = None, download_all: bool = False
+    ) -> MagnetHandle:
+        """Register a magnet (idempotent by info-hash): its metadata is fetched from peers
+        (BEP 9) unless the state dir has it, then it becomes an ordinary `Torrent` (`get`).
+
+        Returns at once; `MagnetHandle.wait_torrent` waits (bounded) for the torrent.
+        """
+        from torrentfs.magnet_handle import start_magnet
+
+        return await start_magnet(self, magnet, data_dir=data_dir, download_all=download_all)
+
     async def remove_torrent(self, info_hash: bytes) -> None:
+        handle = self.magnets.pop(info_hash, None)
+        if handle is not None:
+            handle.cancel()  # a metadata fetch in progress ends; waiters get TorrentRemoved
         torrent = self.torrents.get(info_hash)
         if torrent is None:
             return
@@ -268,7 +287,7 @@ async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
         try:
             yield session
         finally:
-            for info_hash in list(session.torrents):
+            for info_hash in [*session.magnets, *session.torrents]:
                 await session.remove_torrent(info_hash)
             with trio.move_on_after(5) as scope:
                 scope.shield = True

@@ -40,7 +40,7 @@ from torrentfs.net.peer import PeerConnection
 from torrentfs.picker import PiecePicker, Priority
 from torrentfs.rate import RateMeter
 from torrentfs.types import BLOCK_SIZE, PeerAddress
-from torrentfs.wire import extension
+from torrentfs.wire import extension, ut_metadata
 from torrentfs.wire import messages as m
 from torrentfs.wire.handshake import Handshake
 
@@ -558,10 +558,11 @@ class Torrent:
                         0,
                         extension.encode_handshake(
                             extension.ExtendedHandshake(
-                                m={},
+                                m=dict(self._metadata_m()),
                                 v=CLIENT_VERSION,
                                 p=self.listen_port,
                                 reqq=self.config.max_peer_requests,
+                                metadata_size=self._served_metadata_size(),
                             )
                         ),
                     )
@@ -653,6 +654,31 @@ class Torrent:
                 peer.reqq = max(1, min(hs.reqq, self.config.max_pipeline))
             if hs.v:
                 peer.client = hs.v
+        elif msg.ext_id == extension.LOCAL_EXTENSIONS["ut_metadata"] and self._metadata_m():
+            self._on_ut_metadata(peer, msg.payload)
+
+    # ------------------------------------------------------------------ serving metadata (BEP 9)
+
+    def _metadata_m(self) -> dict[str, int]:
+        """Our ``m`` entry for ut_metadata: none for private torrents (BEP 27: no magnets)."""
+        if self.metainfo.private:
+            return {}
+        return {"ut_metadata": extension.LOCAL_EXTENSIONS["ut_metadata"]}
+
+    def _served_metadata_size(self) -> int | None:
+        size = len(self.metainfo.info_bytes)
+        if self.metainfo.private or not 0 < size <= extension.MAX_METADATA_SIZE:
+            return None
+        return size
+
+    def _on_ut_metadata(self, peer: Peer, payload: bytes) -> None:
+        """Answer a peer's metadata request from our info dict (reject out-of-range pieces)."""
+        request = ut_metadata.decode(payload)
+        remote_id = peer.ext_ids.get("ut_metadata")
+        if not isinstance(request, ut_metadata.MetadataRequest) or not remote_id:
+            return  # data/reject sent to us, or a peer that cannot receive the answer
+        answer = ut_metadata.answer(self.metainfo.info_bytes, request)
+        peer.conn.queue(m.encode(m.Extended(remote_id, ut_metadata.encode(answer))))
 
     # ------------------------------------------------------------------ downloading
 

@@ -203,6 +203,10 @@ class MetadataAssembler:
         """Pieces not received yet (requested or not)."""
         return [i for i, piece in enumerate(self._pieces) if piece is None]
 
+    def contributors(self) -> list[Hashable]:
+        """The peers whose pieces are held, first contributor first (no repeats)."""
+        return list(dict.fromkeys(s for s in self._sources if s is not None))
+
     def pick(self, peer: Hashable) -> int | None:
         """The next piece to request from `peer` (marked as asked of it), or None."""
         if self.result is not None:

@@ -332,13 +332,48 @@ async def test_placeholder_for_a_magnet(env: tuple[FsOperations, FakeSession, Me
     node = await ops.lookup(ROOT_INODE, b"Some Show", CTX)
     assert node.st_mode == 0o40555
     assert await listing(ops, node.st_ino) == []
-    assert await ops.getxattr(node.st_ino, b"user.torrentfs.status", CTX) == (
-        b"waiting for metadata"
-    )
+    assert await ops.getxattr(node.st_ino, b"user.torrentfs.status", CTX) == (b"fetching metadata")
     assert await ops.getxattr(node.st_ino, b"user.torrentfs.magnet", CTX) == (
         b"magnet:?xt=urn:btih:" + ih.hex().encode()
     )
     assert await ops.getxattr(node.st_ino, b"user.torrentfs.progress", CTX) == b"0"
+
+
+async def test_a_magnet_fills_in_and_waiting_lookups_resume(
+    env: tuple[FsOperations, FakeSession, Metainfo], autojump_clock: Any
+) -> None:
+    ops, _, metainfo = env
+    ih = metainfo.info_hash
+    ops.remove_torrent(ih)
+    ops.add_placeholder(ih, "Magnetic", "magnet:?xt=urn:btih:" + ih.hex())
+    top = await ops.lookup(ROOT_INODE, b"Magnetic", CTX)
+    first = metainfo.visible_files()[0].path
+    found: list[Any] = []
+
+    async def look() -> None:
+        node = top.st_ino
+        for part in first:
+            found.append(await ops.lookup(node, part.encode(), CTX))
+            node = found[-1].st_ino
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await trio.sleep(2)  # the lookup waits for the metadata (read timeout: 5 s)
+        assert found == []
+        ops.fill_magnet(ih, metainfo)
+    assert found[-1].st_size == metainfo.visible_files()[0].length
+    top_again = await ops.lookup(ROOT_INODE, b"Magnetic", CTX)
+    assert top_again.st_ino == top.st_ino  # same directory, filled in place
+    assert await ops.getxattr(top.st_ino, b"user.torrentfs.status", CTX) == b"downloading"
+    # Without metadata a lookup ends after the read timeout with ENOENT.
+    other = bytes(20)
+    ops.add_placeholder(other, "Never", "magnet:?xt=urn:btih:" + other.hex())
+    never = await ops.lookup(ROOT_INODE, b"Never", CTX)
+    assert await fuse_errno(ops.lookup(never.st_ino, b"x", CTX)) == errno.ENOENT
+    ops.magnet_failed(other, "v2-only torrent")
+    assert await ops.getxattr(never.st_ino, b"user.torrentfs.status", CTX) == (
+        b"error: v2-only torrent"
+    )
 
 
 async def test_statfs(env: tuple[FsOperations, FakeSession, Metainfo]) -> None:

@@ -173,3 +173,25 @@ async def test_watchdog_events_wake_the_watcher(tmp_path: Path) -> None:
                 target.changed = trio.Event()
         assert w.passes > passes
         nursery.cancel_scope.cancel()
+
+
+async def test_a_torrent_supersedes_a_magnet_of_the_same_hash(tmp_path: Path) -> None:
+    log: list[tuple[str, bool]] = []
+
+    class Upgrades:
+        async def add(self, item: MetainfoItem) -> None:
+            log.append(("add", item.metainfo is not None))
+
+        async def remove(self, item: MetainfoItem) -> None:
+            log.append(("remove", item.metainfo is not None))
+
+    write_old(tmp_path / "z.magnet", f"magnet:?xt=urn:btih:{T1.info_hash.hex()}\n".encode())
+    w = MetainfoWatcher(tmp_path, Upgrades())
+    await w.scan()
+    assert log == [("add", False)]
+    write_old(tmp_path / "a.torrent", torrent_bytes(T1))
+    await w.scan()
+    assert log[-1] == ("add", True)  # the .torrent replaces the magnet (sorts before it too)
+    (tmp_path / "a.torrent").unlink()
+    await w.scan()
+    assert log[-2:] == [("remove", True), ("add", False)]  # back to the magnet

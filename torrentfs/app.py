@@ -35,10 +35,11 @@ import trio
 
 from torrentfs import config
 from torrentfs.daemon import Readiness, daemonize, report_status
-from torrentfs.errors import TorrentfsError
+from torrentfs.errors import TorrentfsError, TorrentRemoved
 from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
+from torrentfs.magnet_handle import MagnetHandle, supersede_magnet
 from torrentfs.readahead import ReadaheadPolicy
 from torrentfs.reader import DEFAULT_READ_TIMEOUT
 from torrentfs.session import Session, SessionConfig, open_session
@@ -188,23 +189,52 @@ def resolve_settings(argv: Sequence[str]) -> MountSettings:
 
 
 class Library:
-    """Torrents come and go with the metainfo folder: engine first, then the tree."""
+    """Torrents come and go with the metainfo folder: engine first, then the tree.
 
-    def __init__(self, session: Session, ops: FsOperations) -> None:
+    A magnet shows at once as a directory named after its ``dn`` (or info-hash), status
+    "fetching metadata"; a task started in `nursery` fills it in when the session has the
+    metadata (BEP 9). A ``.torrent`` with the same info-hash supersedes the magnet.
+    """
+
+    def __init__(self, session: Session, ops: FsOperations, nursery: trio.Nursery) -> None:
         self.session = session
         self.ops = ops
+        self.nursery = nursery
 
     async def add(self, item: MetainfoItem) -> None:
         if item.metainfo is not None:
+            if item.key in self.session.magnets:  # the .torrent supersedes the magnet
+                self.ops.remove_torrent(item.key)
+                supersede_magnet(self.session, item.key)
             await self.session.add_torrent(item.metainfo)
             self.ops.add_torrent(item.metainfo)
+            return
+        assert item.magnet is not None
+        self.ops.add_placeholder(item.key, item.name, item.uri or "")
+        try:
+            handle = await self.session.add_magnet(item.magnet)
+        except TorrentfsError as exc:
+            self.ops.magnet_failed(item.key, str(exc))
+            raise
+        if handle.torrent is not None:
+            self.ops.fill_magnet(item.key, handle.torrent.metainfo)
         else:
-            self.ops.add_placeholder(item.key, item.name, item.uri or "")
+            self.nursery.start_soon(self._fill_when_resolved, handle)
+
+    async def _fill_when_resolved(self, handle: MagnetHandle) -> None:
+        try:
+            torrent = await handle.wait_torrent(timeout=None)  # ends on removal or shutdown
+        except TorrentRemoved:
+            return
+        except TorrentfsError as exc:
+            self.ops.magnet_failed(handle.info_hash, handle.error or str(exc))
+            return
+        if self.session.magnets.get(handle.info_hash) is handle:
+            self.ops.fill_magnet(handle.info_hash, torrent.metainfo)
 
     async def remove(self, item: MetainfoItem) -> None:
         self.ops.remove_torrent(item.key)  # entries vanish, open handles get EIO
-        if self.session.get(item.key) is not None:
-            await self.session.remove_torrent(item.key)  # the data stays on disk
+        await self.session.remove_torrent(item.key)  # the data stays on disk
 
 
 def _session_config(args: argparse.Namespace) -> SessionConfig:
@@ -274,7 +304,7 @@ async def run_mount(
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(serve)
-                watcher = MetainfoWatcher(metainfo_dir, Library(session, ops))
+                watcher = MetainfoWatcher(metainfo_dir, Library(session, ops, nursery))
                 await nursery.start(watcher.run)  # the first pass is in the tree
                 ready.ready(f"mounted at {mount.mountpoint}")
                 nursery.start_soon(report_status, session, ready)

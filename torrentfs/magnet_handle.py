@@ -58,6 +58,7 @@ class MagnetHandle:
         self.torrent: Torrent | None = None
         self.fetcher: MetadataFetcher | None = None
         self.from_cache = False
+        self.superseded = False
         self._scope = trio.CancelScope()
         self._changed = trio.Event()
 
@@ -190,12 +191,21 @@ async def _resolved(
         log.error("%s: the magnet's metadata cannot be used: %s", handle.name, exc)
         handle._set(ERROR, error=str(exc))
         return
-    if session.magnets.get(handle.info_hash) is not handle:
+    if session.magnets.get(handle.info_hash) is not handle and not handle.superseded:
         await session.remove_torrent(handle.info_hash)  # removed while it was being added
         handle._set(REMOVED)
         return
     torrent.add_peers([*good_peers, *handle.peers()], "magnet")
     handle._set(READY, torrent=torrent)
+
+
+def supersede_magnet(session: Session, info_hash: bytes) -> None:
+    """A ``.torrent`` for the same info-hash replaces the magnet: stop fetching its metadata;
+    a torrent already made from the magnet stays (it is the same torrent)."""
+    handle = session.magnets.pop(info_hash, None)
+    if handle is not None:
+        handle.superseded = True
+        handle.cancel()
 
 
 def _trackers_factory(session: Session, handle: MagnetHandle) -> Any:

@@ -268,14 +268,21 @@ class MetainfoWatcher:
         desired: dict[bytes, MetainfoItem] = {}
         for path in sorted(self.files):
             for item in self.files[path].items:
-                desired.setdefault(item.key, item)
+                have = desired.get(item.key)
+                if have is None or (have.metainfo is None and item.metainfo is not None):
+                    desired[item.key] = item  # a .torrent wins over a magnet of the same hash
         for key in [k for k in self.current if k not in desired]:
             item = self.current.pop(key)
             log.info("removed: %s (%s)", item.name, item.source.name)
             await self._tell("remove", item)
         for key, item in desired.items():
-            if key in self.current:
-                continue
+            current = self.current.get(key)
+            if current is not None:
+                if (current.metainfo is None) == (item.metainfo is None):
+                    continue
+                if current.metainfo is not None:  # back from a .torrent to a magnet
+                    self.current.pop(key)
+                    await self._tell("remove", current)
             self.current[key] = item
             log.info("added: %s (%s)", item.name, item.source.name)
             await self._tell("add", item)

@@ -22,9 +22,12 @@ PIECE = 16 * 1024
 
 
 def corrupted(info: bytes) -> bytes:
-    """The same length, one byte changed near the end (inside the piece hashes)."""
-    i = len(info) - 3
-    return info[:i] + bytes([info[i] ^ 0xFF]) + info[i + 1 :]
+    """The same length, one byte changed in every 16 KiB piece: any piece served is a lie."""
+    out = bytearray(info)
+    for start in range(0, len(out), PIECE):
+        i = min(start + PIECE, len(out)) - 3
+        out[i] ^= 0xFF
+    return bytes(out)
 
 
 @dataclass

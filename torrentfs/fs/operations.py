@@ -157,7 +157,10 @@ class FsOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
         self.magnets: dict[bytes, str] = {}
-        """info-hash -> magnet URI, for torrents shown as placeholders."""
+        """info-hash -> magnet URI, for torrents shown from a magnet."""
+        self._fills: dict[bytes, trio.Event] = {}
+        """Magnets still fetching metadata: set when filled in, failed or removed."""
+        self.magnet_errors: dict[bytes, str] = {}
         self.closing = False
         self.active_reads = 0
         self.last_read = 0.0
@@ -176,11 +179,53 @@ class FsOperations(pyfuse3.Operations):
     def add_placeholder(self, info_hash: bytes, name: str, uri: str) -> Node:
         """Show a magnet whose metadata is not known yet: an empty directory."""
         self.magnets[info_hash] = uri
-        return self.tree.add_placeholder(info_hash, name)
+        node = self.tree.add_placeholder(info_hash, name)
+        if node.placeholder and info_hash not in self._fills:
+            self._fills[info_hash] = trio.Event()
+        return node
+
+    def fill_magnet(self, info_hash: bytes, metainfo: Metainfo) -> Node | None:
+        """The magnet's metadata is known: its directory fills in, in place (no remount).
+
+        Lookups waiting inside it resume; the kernel's cached attributes of the directory are
+        invalidated so ``ls`` and ``stat`` see the new contents at once.
+        """
+        node = self.tree.fill_placeholder(info_hash, metainfo)
+        self._wake_fill(info_hash)
+        if node is not None and self.mounted:
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=True)
+            except Exception:  # cached a little longer (short timeout): nothing breaks
+                log.debug("cannot invalidate inode %d", node.inode, exc_info=True)
+        return node
+
+    def magnet_failed(self, info_hash: bytes, reason: str) -> None:
+        """The magnet's metadata cannot be used: its status says why; waiters stop waiting."""
+        self.magnet_errors[info_hash] = reason
+        self._wake_fill(info_hash)
+
+    def _wake_fill(self, info_hash: bytes) -> None:
+        event = self._fills.pop(info_hash, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_fill(self, parent: Node) -> bool:
+        """A lookup inside a magnet still fetching metadata: wait (bounded by the read
+        timeout) for it to fill in. True if it did."""
+        if not parent.placeholder or parent.info_hash is None:
+            return False
+        event = self._fills.get(parent.info_hash)
+        if event is None:
+            return False
+        with trio.move_on_after(self.read_timeout):
+            await event.wait()
+        return not parent.placeholder
 
     def remove_torrent(self, info_hash: bytes) -> bool:
         """Make a torrent's entries vanish; its open handles get ``EIO`` from now on."""
         self.magnets.pop(info_hash, None)
+        self.magnet_errors.pop(info_hash, None)
+        self._wake_fill(info_hash)
         top = self.tree.remove_torrent(info_hash)
         if top is None:
             return False
@@ -229,7 +274,8 @@ class FsOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.inode
         a.generation = 0
-        timeout = ROOT_TIMEOUT if node.inode == ROOT_INODE else LONG_TIMEOUT
+        changing = node.inode == ROOT_INODE or node.placeholder  # a magnet fills in later
+        timeout = ROOT_TIMEOUT if changing else LONG_TIMEOUT
         a.entry_timeout = timeout
         a.attr_timeout = timeout
         if node.is_dir:
@@ -268,6 +314,9 @@ class FsOperations(pyfuse3.Operations):
             node = None if here is None else self.tree.get(here.parent)
         else:
             node = self.tree.lookup(parent_inode, name)
+            parent = self.tree.get(parent_inode)
+            if node is None and parent is not None and await self._wait_fill(parent):
+                node = self.tree.lookup(parent_inode, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.tree.remember(node.inode)
@@ -415,8 +464,10 @@ class FsOperations(pyfuse3.Operations):
         if attr == "status":
             if not node.attached:
                 return "removed"
+            if info_hash in self.magnet_errors:
+                return f"error: {self.magnet_errors[info_hash]}"
             if node.placeholder:
-                return "waiting for metadata"
+                return "fetching metadata"
             return _state(torrent)
         if torrent is None:
             return "0"
@@ -456,9 +507,8 @@ def _state(torrent: Any) -> str:
     if torrent is None:
         return "removed"
     state = getattr(torrent, "state", None)
-    if callable(state):
-        return str(state())
-    return str(torrent.statistics().state)
+    value = str(state()) if callable(state) else str(torrent.statistics().state)
+    return "ready" if value == "idle" else value  # metadata known, nothing being fetched
 
 
 def _progress(torrent: Any, node: Node) -> float:

@@ -209,26 +209,30 @@ class FsTree:
         else:
             name = self._top_name(metainfo.name, info_hash, is_dir=True)
             top = self._new(root, name, mtime, info_hash=info_hash, children={}, torrent_root=True)
-            dirs: dict[tuple[str, ...], Node] = {(): top}
-            visible = 0
-            for entry in metainfo.files:
-                if entry.pad:
-                    continue
-                parent = self._ensure_dirs(dirs, entry.path[:-1], info_hash, mtime)
-                leaf = encode_name(entry.path[-1])
-                assert parent.children is not None
-                if leaf not in parent.children:  # metainfo guarantees unique paths
-                    self._new(
-                        parent,
-                        leaf,
-                        entry.mtime if entry.mtime is not None else mtime,
-                        info_hash=info_hash,
-                        file=entry,
-                        visible_index=visible,
-                    )
-                visible += 1
+            self._add_files(top, metainfo, info_hash, mtime)
         self.tops[info_hash] = top.inode
         return top
+
+    def _add_files(self, top: Node, metainfo: Metainfo, info_hash: bytes, mtime: int) -> None:
+        """Every non-pad file of `metainfo` under the directory `top`, at its path."""
+        dirs: dict[tuple[str, ...], Node] = {(): top}
+        visible = 0
+        for entry in metainfo.files:
+            if entry.pad:
+                continue
+            parent = self._ensure_dirs(dirs, entry.path[:-1], info_hash, mtime)
+            leaf = encode_name(entry.path[-1])
+            assert parent.children is not None
+            if leaf not in parent.children:  # metainfo guarantees unique paths
+                self._new(
+                    parent,
+                    leaf,
+                    entry.mtime if entry.mtime is not None else mtime,
+                    info_hash=info_hash,
+                    file=entry,
+                    visible_index=visible,
+                )
+            visible += 1
 
     def _ensure_dirs(
         self, dirs: dict[tuple[str, ...], Node], path: tuple[str, ...], info_hash: bytes, mtime: int
@@ -262,6 +266,20 @@ class FsTree:
             placeholder=True,
         )
         self.tops[info_hash] = top.inode
+        return top
+
+    def fill_placeholder(self, info_hash: bytes, metainfo: Metainfo) -> Node | None:
+        """A magnet's metadata arrived: its directory (same name, same inode) gets the files.
+
+        Every file appears at its path inside the directory (for a single-file torrent, the
+        one file). Returns the directory, or None if ``info_hash`` has no placeholder.
+        """
+        top = self.top(info_hash)
+        if top is None or not top.placeholder or not top.attached:
+            return None
+        mtime = metainfo.creation_date if metainfo.creation_date is not None else top.mtime
+        self._add_files(top, metainfo, info_hash, mtime)
+        top.placeholder = False
         return top
 
     # ------------------------------------------------------------------ removal and forget

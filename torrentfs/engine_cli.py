@@ -260,6 +260,11 @@ async def run_download(args: argparse.Namespace) -> int:
                         "first_piece_seconds": first,
                         "first_piece_at": first_at,
                         "metadata_seconds": metadata_seconds,
+                        "metadata_at": (
+                            None
+                            if metadata_seconds is None
+                            else time.time() - (trio.current_time() - clock0 - metadata_seconds)
+                        ),
                         "first_piece_since_start": (
                             None
                             if torrent.first_piece_at is None

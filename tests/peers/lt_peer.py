@@ -167,7 +167,9 @@ def load_params(source: str, save_path: str, tracker_less: bool) -> Any:
 def report_alerts(ses: Any, state: dict[str, Any]) -> None:
     """Log what matters for a failing test; remember the first finished piece."""
     for a in ses.pop_alerts():
-        if isinstance(a, lt.piece_finished_alert):
+        if isinstance(a, lt.metadata_received_alert):
+            state.setdefault("metadata_at", time.time())
+        elif isinstance(a, lt.piece_finished_alert):
             if state.get("first_piece_at") is None:
                 state["first_piece_at"] = time.time()
                 state["first_piece_mono"] = time.monotonic()
@@ -305,6 +307,7 @@ def leech(args: argparse.Namespace) -> int:
             "bytes": total,
             "first_piece_seconds": None if first_mono is None else first_mono - start,
             "first_piece_at": state.get("first_piece_at"),
+            "metadata_at": state.get("metadata_at"),
             "started_at": started_at,
             "ended_at": ended_at,
             "peak_rss": peak_rss_bytes(),

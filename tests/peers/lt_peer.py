@@ -132,7 +132,16 @@ def make_session(args: argparse.Namespace) -> Any:
         # libtorrent's preset for a fast seeder (deep send buffers, more queued disk bytes),
         # under our isolation settings.
         settings = {**lt.high_performance_seed(), **settings}
-    return lt.session(settings)
+    ses = lt.session(settings)
+    if args.upload_limit or args.download_limit:
+        # Peers on a local network (all of 127.0.0.0/8) are in libtorrent's "local" peer class,
+        # which the session-wide rate limits do not cover: limit that class too, or the limits
+        # would do nothing on loopback.
+        local = ses.get_peer_class(ses.local_peer_class_id)
+        local["upload_limit"] = args.upload_limit
+        local["download_limit"] = args.download_limit
+        ses.set_peer_class(ses.local_peer_class_id, local)
+    return ses
 
 
 def wait_listening(ses: Any, timeout: float) -> int:

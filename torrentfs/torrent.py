@@ -14,6 +14,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -68,6 +69,9 @@ class TorrentConfig:
     max_peer_requests: int = 500
     hash_failures_to_ban: int = 3
     verify_workers: int = 2
+    storage_retry: float = 5.0
+    """After a failed write (disk full...): seconds during which reads of missing data fail at
+    once with the write's errno and no new blocks are requested; then one more try."""
 
 
 @dataclass
@@ -219,6 +223,8 @@ class Torrent:
         self.downloaded = 0
         self.uploaded = 0
         self.error: str | None = None
+        self._storage_error: StorageError | None = None
+        self._storage_retry_at = -math.inf
         self._rng = random.Random()
         self._pieces_verified = self.have.count()
         self._complete_event = trio.Event()
@@ -358,6 +364,7 @@ class Torrent:
         while not self.have[piece]:
             if self._closed:
                 raise TorrentRemoved(f"{self.metainfo.name}: torrent removed")
+            self._raise_storage_error()
             event = self._piece_events.get(piece)
             if event is None:
                 event = self._piece_events[piece] = trio.Event()
@@ -394,6 +401,41 @@ class Torrent:
             finally:
                 want.drop()
         return await self.store.read_range(offset, length)
+
+    def _raise_storage_error(self) -> None:
+        """While the last write failed (and its retry is not due), missing data cannot come."""
+        exc = self._storage_error
+        if exc is not None and trio.current_time() < self._storage_retry_at:
+            raise StorageError(f"{self.metainfo.name}: {exc}", errno=exc.errno)
+
+    def _storage_failed(self, index: int, exc: StorageError) -> None:
+        """A verified piece could not be written: one log line, its waiters fail with the
+        write's errno, no new requests until `TorrentConfig.storage_retry` has passed."""
+        if self._storage_error is None:
+            log.error(
+                "%s: cannot store piece %d: %s; reads of missing data fail with %s, "
+                "retrying every %g s",
+                self.metainfo.name,
+                index,
+                exc,
+                errno.errorcode.get(exc.errno or errno.EIO, exc.errno),
+                self.config.storage_retry,
+            )
+        else:
+            log.debug("%s: still cannot store piece %d: %s", self.metainfo.name, index, exc)
+        self._storage_error = exc
+        self._storage_retry_at = trio.current_time() + self.config.storage_retry
+        self.error = str(exc)
+        self.picker.piece_failed(index)
+        event = self._piece_events.pop(index, None)
+        if event is not None:
+            event.set()  # its waiters see the error (`_raise_storage_error`)
+
+    def _storage_works(self) -> None:
+        if self._storage_error is not None:
+            log.info("%s: storing pieces works again", self.metainfo.name)
+            self._storage_error = None
+            self.error = None
 
     def swarm_summary(self) -> str:
         seeds = sum(1 for p in self.peers if p.is_seed)
@@ -701,6 +743,8 @@ class Torrent:
         if peer.peer_choking and not peer.allowed_fast:
             return
         now = trio.current_time()
+        if now < self._storage_retry_at:
+            return  # the last write failed: fetch nothing that could not be stored
         rate = peer.download.rate(now)
         depth = int(rate * self.config.pipeline_seconds / BLOCK_SIZE)
         depth = max(self.config.min_pipeline, min(depth, self.config.max_pipeline, peer.reqq))
@@ -770,11 +814,9 @@ class Torrent:
             try:
                 await self.store.write_piece(index, data)
             except StorageError as exc:
-                log.error("%s: cannot store piece %d: %s", self.metainfo.name, index, exc)
-                self.error = str(exc)
-                self.picker.piece_failed(index)
-                self._fill_all()
+                self._storage_failed(index, exc)
                 continue
+            self._storage_works()
             self._piece_verified(index)
 
     def _piece_failed(self, index: int, contributors: set[Peer]) -> None:

@@ -15,6 +15,12 @@ What `MetainfoWatcher` guarantees, and why:
 * **Deterministic order:** additions happen in sorted file-name order, so the mount's clash
   suffixes are the same at every start (see `torrentfs.fs.tree`).
 * Parsing runs in a worker thread: a 60,000-file torrent must not stall the FUSE handlers.
+* **A folder that cannot be listed changes nothing.** If the folder is deleted, renamed away or
+  unreadable, what is shown stays (one log line) until it can be listed again; then it is
+  reconciled with whatever the folder (perhaps a new one at the same path) holds, and the
+  inotify watch follows the new directory.
+* **Wall-clock jumps do not stall it:** settling is timed on the monotonic clock; the wall clock
+  is only compared with file mtimes (which are wall-clock times) to spot already-old files.
 * ``.magnet`` files hold one or more magnet URIs, one per line, ``#`` starting a comment
   (BEP 9 magnet links). The same torrent described by two files is shown once.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,8 +146,14 @@ class MetainfoWatcher:
         *,
         settle: float = DEFAULT_SETTLE,
         rescan: float = DEFAULT_RESCAN,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
+        self._wall_clock = wall_clock
+        self._unlistable: str | None = None
+        """Why the folder could not be listed at the last pass (None: it could)."""
+        self._watched: tuple[int, int] | None = None
+        """(st_dev, st_ino) of the directory the inotify observer watches."""
         self.target = target
         self.settle = settle
         self.rescan = rescan
@@ -164,10 +177,22 @@ class MetainfoWatcher:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 pending = await self.scan()
+                if self._unlistable is None and (
+                    self._directory_id() != self._watched or not _observer_alive(observer)
+                ):
+                    # The folder was replaced (or came back): watch the new one. (watchdog's
+                    # emitter ends when its directory is deleted; a new one may reuse the inode.)
+                    _stop_observer(observer)
+                    observer = self._start_observer()
         finally:
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=1.0)
+            _stop_observer(observer)
+
+    def _directory_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.directory)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def wake(self) -> None:
         """Ask for a pass now (from the trio thread)."""
@@ -190,6 +215,7 @@ class MetainfoWatcher:
                 except trio.RunFinishedError:
                     pass
 
+        self._watched = self._directory_id()
         observer = Observer()
         try:
             observer.schedule(_Wake(), str(self.directory), recursive=False)
@@ -206,16 +232,20 @@ class MetainfoWatcher:
     async def scan(self) -> bool:
         """One reconciliation pass; returns True while some file is still settling."""
         self.passes += 1
-        now = time.time()
+        now = trio.current_time()
+        wall = self._wall_clock()
         seen: set[Path] = set()
         pending = False
-        for path, sig in self._list():
+        listing = self._list()
+        if listing is None:
+            return False  # unlistable: keep showing what we have (see the module docstring)
+        for path, sig in listing:
             seen.add(path)
             state = self.files.get(path)
             if state is None or state.signature != sig:
-                mtime = sig[1] / 1e9
+                age = wall - sig[1] / 1e9
                 # Already old (copied earlier, renamed into place): settled at once.
-                changed_at = min(now, mtime) if now - mtime >= self.settle else now
+                changed_at = now - 2 * self.settle if age >= self.settle else now
                 if state is None:
                     state = self.files[path] = _FileState(sig, changed_at)
                 else:
@@ -231,13 +261,25 @@ class MetainfoWatcher:
         await self._reconcile()
         return pending
 
-    def _list(self) -> list[tuple[Path, tuple[int, int, int]]]:
+    def _list(self) -> list[tuple[Path, tuple[int, int, int]]] | None:
+        """The metainfo files of the folder, sorted; None if it cannot be listed."""
         found: list[tuple[Path, tuple[int, int, int]]] = []
         try:
             entries = list(os.scandir(self.directory))
         except OSError as exc:
-            log.error("cannot list %s: %s", self.directory, exc)
-            return found
+            why = exc.strerror or str(exc)
+            if self._unlistable != why:
+                log.error(
+                    "cannot list %s: %s; keeping its %d torrents until it can be listed",
+                    self.directory,
+                    why,
+                    len(self.current),
+                )
+            self._unlistable = why
+            return None
+        if self._unlistable is not None:
+            log.info("%s can be listed again", self.directory)
+            self._unlistable = None
         for entry in entries:
             if not is_metainfo_name(entry.name):
                 continue
@@ -295,6 +337,18 @@ class MetainfoWatcher:
                 await self.target.remove(item)
         except TorrentfsError as exc:
             log.error("%s: cannot %s %s: %s", item.source.name, what, item.name, exc)
+
+
+def _observer_alive(observer: Any) -> bool:
+    if observer is None:
+        return True  # polling only: nothing to re-arm
+    return bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
+
+
+def _stop_observer(observer: Any) -> None:
+    if observer is not None:
+        observer.stop()
+        observer.join(timeout=1.0)
 
 
 def _is_regular(mode: int) -> bool:

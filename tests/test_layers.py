@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "readahead": 3,
     "piece_state": 3,
     "rate": 3,
+    "pex": 3,
     # L4 I/O
     "net": 4,
     "storage": 4,

@@ -175,6 +175,7 @@ class Session:
             half_open=self._half_open,
             global_peers=self._connections,
             bind_host=self.config.listen_host,
+            http_client=self.http_client,
         )
         if download_all:
             torrent.picker.set_download_all(True)

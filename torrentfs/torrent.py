@@ -21,12 +21,13 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from torrentfs import pex
 from torrentfs.bitfield import Bitfield
 from torrentfs.choker import Choker, PeerView
 from torrentfs.errors import (
@@ -38,10 +39,11 @@ from torrentfs.errors import (
 )
 from torrentfs.metainfo import Metainfo
 from torrentfs.net.peer import PeerConnection
+from torrentfs.net.webseed import WebSeed, WebSeedConfig, parse_web_seed_url
 from torrentfs.picker import PiecePicker, Priority
 from torrentfs.rate import RateMeter
 from torrentfs.types import BLOCK_SIZE, PeerAddress
-from torrentfs.wire import extension, ut_metadata
+from torrentfs.wire import extension, ut_metadata, ut_pex
 from torrentfs.wire import messages as m
 from torrentfs.wire.handshake import Handshake
 
@@ -72,6 +74,11 @@ class TorrentConfig:
     storage_retry: float = 5.0
     """After a failed write (disk full...): seconds during which reads of missing data fail at
     once with the write's errno and no new blocks are requested; then one more try."""
+    pex: bool = True
+    """BEP 11 peer exchange (never for private torrents)."""
+    web_seeds: bool = True
+    """BEP 19 web seeds (``url-list``, magnet ``ws``)."""
+    web_seed: WebSeedConfig = field(default_factory=WebSeedConfig)
 
 
 @dataclass
@@ -127,6 +134,9 @@ class Peer:
         self.reqq = 250
         self.client = ""
         self.pending_uploads = 0
+        self.listen_port: int | None = None
+        """From the BEP 10 handshake's ``p``: where an incoming peer can be dialled."""
+        self.pex = pex.PexConnection()
 
     def __hash__(self) -> int:
         return self.uid
@@ -143,7 +153,7 @@ class PieceBuffer:
     def __init__(self, size: int) -> None:
         self.data = bytearray(size)
         self.received = 0
-        self.contributors: set[Peer] = set()
+        self.contributors: set[Peer | WebSeed] = set()
 
 
 class Want:
@@ -183,8 +193,11 @@ class Torrent:
         half_open: trio.Semaphore | None = None,
         global_peers: trio.Semaphore | None = None,
         bind_host: str | None = None,
+        http_client: Any = None,
     ) -> None:
         self.bind_host = bind_host
+        self.http_client = http_client
+        """The session's httpx.AsyncClient (web seeds); None: no web seeds."""
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.geometry = metainfo.geometry
@@ -193,8 +206,10 @@ class Torrent:
         self.listen_port = listen_port
         self.config = config
         self.have = have if have is not None else Bitfield(metainfo.num_pieces)
-        self.picker: PiecePicker[Peer] = PiecePicker(self.geometry, self.have)
+        self.picker: PiecePicker[Peer | WebSeed] = PiecePicker(self.geometry, self.have)
         self.peers: dict[Peer, None] = {}
+        self.web_seeds: list[WebSeed] = []
+        self._pex_budget = pex.PexBudget()
         self.known: dict[PeerAddress, float] = {}
         """Peers we may dial -> earliest time to try again."""
         self.failures: dict[PeerAddress, int] = {}
@@ -213,7 +228,7 @@ class Torrent:
         self._closed = False
         self._dial_wake = trio.Event()
         self._verify_send, self._verify_recv = trio.open_memory_channel[
-            tuple[int, bytes, set[Peer]]
+            tuple[int, bytes, set[Peer | WebSeed]]
         ](8)
         self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
         self._choker: Choker[Peer] = Choker(slots=4)
@@ -291,6 +306,7 @@ class Torrent:
         self._nursery.start_soon(self._dialer)
         self._nursery.start_soon(self._ticker)
         self._dial_wake.set()
+        self.add_web_seeds(self.metainfo.web_seeds)
 
     # ------------------------------------------------------------------ wants and reads
 
@@ -354,6 +370,8 @@ class Torrent:
         for peer in list(self.peers):
             self._update_interest(peer)
             self._fill_requests(peer)
+        for seed in self.web_seeds:
+            seed.wake()
 
     def have_range(self, offset: int, length: int) -> bool:
         if length <= 0:
@@ -440,9 +458,11 @@ class Torrent:
     def swarm_summary(self) -> str:
         seeds = sum(1 for p in self.peers if p.is_seed)
         unchoked = sum(1 for p in self.peers if not p.peer_choking)
+        web = "".join(f", web seed {w.address} {w.state()}" for w in self.web_seeds)
         return (
             f"{len(self.peers)} peers, {seeds} seeds, {unchoked} unchoking us, "
             f"{len(self.known)} known, {self.download.rate(trio.current_time()) / 1e6:.1f} MB/s"
+            f"{web}"
         )
 
     # ------------------------------------------------------------------ dialing
@@ -600,7 +620,7 @@ class Torrent:
                         0,
                         extension.encode_handshake(
                             extension.ExtendedHandshake(
-                                m=dict(self._metadata_m()),
+                                m={**self._metadata_m(), **self._pex_m()},
                                 v=CLIENT_VERSION,
                                 p=self.listen_port,
                                 reqq=self.config.max_peer_requests,
@@ -696,6 +716,10 @@ class Torrent:
                 peer.reqq = max(1, min(hs.reqq, self.config.max_pipeline))
             if hs.v:
                 peer.client = hs.v
+            if hs.p:
+                peer.listen_port = hs.p
+        elif msg.ext_id == extension.LOCAL_EXTENSIONS["ut_pex"] and self._pex_enabled():
+            self._on_pex(peer, ut_pex.decode(msg.payload))
         elif msg.ext_id == extension.LOCAL_EXTENSIONS["ut_metadata"] and self._metadata_m():
             self._on_ut_metadata(peer, msg.payload)
 
@@ -772,7 +796,9 @@ class Torrent:
     def _release_requests(self, peer: Peer) -> None:
         self.picker.release_requests(peer)
 
-    async def _on_block(self, peer: Peer, index: int, begin: int, block: bytes, now: float) -> None:
+    async def _on_block(
+        self, peer: Peer | WebSeed, index: int, begin: int, block: bytes, now: float
+    ) -> None:
         size = len(block)
         result = self.picker.block_received(index, begin, peer, size)
         if not result.accepted:
@@ -819,7 +845,7 @@ class Torrent:
             self._storage_works()
             self._piece_verified(index)
 
-    def _piece_failed(self, index: int, contributors: set[Peer]) -> None:
+    def _piece_failed(self, index: int, contributors: set[Peer | WebSeed]) -> None:
         self.hash_failures += 1
         self.picker.piece_failed(index)
         log.warning(
@@ -828,7 +854,14 @@ class Torrent:
             index,
             ", ".join(str(p.address) for p in contributors),
         )
+        seeds = [p for p in contributors if isinstance(p, WebSeed)]
+        for seed in seeds:
+            seed.hash_failed(index, self)
         for peer in contributors:
+            if isinstance(peer, WebSeed) or seeds:
+                # With a web seed among the senders, the web seed takes the blame: a file changed
+                # on its server is the usual cause, and peers must not be banned for it.
+                continue
             peer_fails = self.failures.get(peer.address, 0) + 1
             self.failures[peer.address] = peer_fails
             if len(contributors) == 1 or peer_fails >= self.config.hash_failures_to_ban:
@@ -876,6 +909,8 @@ class Torrent:
     def _fill_all(self) -> None:
         for peer in list(self.peers):
             self._fill_requests(peer)
+        for seed in self.web_seeds:
+            seed.wake()
 
     def _drop_peer(self, peer: Peer) -> None:
         self.peers.pop(peer, None)
@@ -932,7 +967,7 @@ class Torrent:
             expired = self.picker.expired_requests(now, self.config.request_timeout)
             for peer, piece, begin, length in expired:
                 peer.snubbed = True
-                if peer in self.peers:
+                if isinstance(peer, Peer) and peer in self.peers:
                     peer.conn.queue(m.encode(m.Cancel(piece, begin, length)))
             for peer in list(self.peers):
                 if now - peer.last_sent > self.config.keepalive_interval:
@@ -941,6 +976,7 @@ class Torrent:
             if now - last_choke >= 10.0:
                 last_choke = now
                 self._run_choker(now)
+            self._pex_tick(now)
             self._fill_all()
 
     def _run_choker(self, now: float) -> None:
@@ -962,6 +998,90 @@ class Torrent:
             if should_choke != p.am_choking:
                 p.am_choking = should_choke
                 p.conn.queue(m.encode(m.Choke() if should_choke else m.Unchoke()))
+
+    # ------------------------------------------------------------------ web seeds (BEP 19)
+
+    def add_web_seeds(self, urls: Iterable[str]) -> None:
+        """HTTP(S) web seeds (``url-list``, magnet ``ws``): used once the torrent is active."""
+        if not self.config.web_seeds or self.http_client is None:
+            return
+        known = {seed.url for seed in self.web_seeds}
+        for raw in urls:
+            url = parse_web_seed_url(raw)
+            if url is None:
+                log.debug("%s: web seed %r not usable (http/https only)", self.metainfo.name, raw)
+                continue
+            if url in known or len(self.web_seeds) >= 16:
+                continue
+            known.add(url)
+            seed = WebSeed(url, self.metainfo, self.config.web_seed)
+            self.web_seeds.append(seed)
+            if self._active and self._nursery is not None:
+                self._nursery.start_soon(seed.run, self.http_client, self)
+
+    def web_seed_available(self, seed: WebSeed, available: bool) -> None:
+        if available:
+            self.picker.peer_have_all(seed)
+        else:
+            self.picker.peer_gone(seed)
+            self._fill_all()
+
+    def web_seed_pick(self, seed: WebSeed, count: int) -> list[tuple[int, int, int]]:
+        now = trio.current_time()
+        if now < self._storage_retry_at:
+            return []  # the last write failed: fetch nothing that could not be stored
+        return self.picker.pick(seed, count, now)
+
+    def web_seed_release(self, seed: WebSeed, blocks: Sequence[tuple[int, int, int]]) -> None:
+        for piece, begin, _length in blocks:
+            self.picker.request_failed(piece, begin, seed)
+        if blocks:
+            self._fill_all()
+
+    async def web_seed_block(self, seed: WebSeed, piece: int, begin: int, block: bytes) -> None:
+        await self._on_block(seed, piece, begin, block, trio.current_time())
+
+    # ------------------------------------------------------------------ peer exchange (BEP 11)
+
+    def _pex_enabled(self) -> bool:
+        return self.config.pex and not self.metainfo.private
+
+    def _pex_m(self) -> dict[str, int]:
+        """Our ``m`` entry for ut_pex: none for private torrents (BEP 27)."""
+        if not self._pex_enabled():
+            return {}
+        return {"ut_pex": extension.LOCAL_EXTENSIONS["ut_pex"]}
+
+    def _on_pex(self, peer: Peer, msg: ut_pex.PexMessage) -> None:
+        fresh = self._pex_budget.admit(peer.pex.accept(msg, trio.current_time()))
+        if fresh:
+            self.add_peers(fresh, source="pex")
+
+    def _pex_tick(self, now: float) -> None:
+        """Send due ut_pex messages (each peer at most once a minute, see `pex`)."""
+        if not self._pex_enabled():
+            return
+        dialable: dict[PeerAddress, int] = {}
+        for p in self.peers:
+            flags = ut_pex.FLAG_SEED if p.is_seed else 0
+            if p.conn.outgoing:
+                dialable[p.address] = flags | ut_pex.FLAG_REACHABLE
+            elif p.listen_port:
+                dialable[PeerAddress(p.address.host, p.listen_port)] = flags
+        for peer in self.peers:
+            ext_id = peer.ext_ids.get("ut_pex")
+            if not ext_id:
+                continue
+            itself = (peer.address, PeerAddress(peer.address.host, peer.listen_port or 0))
+            msg = peer.pex.outgoing({a: f for a, f in dialable.items() if a not in itself}, now)
+            if msg is None:
+                continue
+            try:
+                payload = ut_pex.encode(msg)
+            except ProtocolError as exc:  # an address PEX cannot carry: our bug, not the peer's
+                log.debug("%s: no PEX to %s: %s", self.metainfo.name, peer.address, exc)
+                continue
+            peer.conn.queue(m.encode(m.Extended(ext_id, payload)))
 
     # ------------------------------------------------------------------ status
 

@@ -151,3 +151,20 @@ def test_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     s = resolve_settings(["meta", "mnt", "-o", "download_dir=d,log_file=l.log"])
     assert s.args.metainfo_dir == tmp_path / "meta"
     assert s.args.download_dir == tmp_path / "d" and s.args.log_file == tmp_path / "l.log"
+
+
+def test_cache_size_and_pins_from_every_source(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "m.toml", 'cache_size = "1G"\npin = ["Show/*.mkv", "Film*"]\n')
+    s = resolve_settings(["meta", "mnt", "--config", str(cfg)])
+    assert s.args.cache_size == 1 << 30 and s.args.pin == ["Show/*.mkv", "Film*"]
+    s = resolve_settings(["meta", "mnt", "--config", str(cfg), "-o", "cache_size=128M,pin=a,pin=b"])
+    assert s.args.cache_size == 128 << 20 and s.args.pin == ["a", "b"]
+    s = resolve_settings(["meta", "mnt", "-o", "pin=x", "--cache-size", "2G", "--pin", "y"])
+    assert s.args.cache_size == 2 << 30 and s.args.pin == ["y"]
+    assert resolve_settings(["meta", "mnt"]).args.cache_size is None
+    with pytest.raises(ConfigError, match="cache_size"):
+        resolve_settings(["meta", "mnt", "-o", "cache_size=lots"])
+    with pytest.raises(ConfigError, match="pin"):
+        resolve_settings(
+            ["meta", "mnt", "--config", str(write(tmp_path / "b.toml", "pin = [1.5, true]\n"))]
+        )

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "piece_state": 3,
     "rate": 3,
     "pex": 3,
+    "eviction": 3,
     # L4 I/O
     "net": 4,
     "storage": 4,
@@ -57,6 +58,7 @@ LAYERS: dict[str, int] = {
     "reader": 5,
     "metadata_fetch": 5,
     "magnet_handle": 5,
+    "budget": 5,
     # L6 edges
     "fs": 6,
     "watch": 6,

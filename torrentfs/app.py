@@ -34,8 +34,10 @@ from pathlib import Path
 import trio
 
 from torrentfs import config
+from torrentfs.budget import DiskCache
 from torrentfs.daemon import Readiness, daemonize, report_status
 from torrentfs.errors import TorrentfsError, TorrentRemoved
+from torrentfs.eviction import parse_pin_value, readahead_cap
 from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
@@ -43,6 +45,7 @@ from torrentfs.magnet_handle import MagnetHandle, supersede_magnet
 from torrentfs.readahead import ReadaheadPolicy
 from torrentfs.reader import DEFAULT_READ_TIMEOUT
 from torrentfs.session import Session, SessionConfig, open_session
+from torrentfs.status import MountStatus
 from torrentfs.torrent import TorrentConfig
 from torrentfs.watch import MetainfoItem, MetainfoWatcher
 
@@ -131,6 +134,13 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    default=_DEFAULT_POLICY.seconds_ahead, metavar="SECONDS",
                    help="readahead: seconds of data ahead at the download rate "
                    "(default: %(default)g)")  # fmt: skip
+    p.add_argument("--cache-size", type=parse_size, default=None, metavar="SIZE",
+                   help="disk budget: keep the download dir within SIZE (e.g. 128M, 50G), "
+                   "evicting the least recently read pieces nobody needs "
+                   "(default: no limit)")  # fmt: skip
+    p.add_argument("--pin", action="append", default=[], metavar="PATTERN",
+                   help="keep a torrent or file whole (downloaded, never evicted): its path in "
+                   "the mount (shell pattern) or info-hash; repeatable")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, comma-separated: any setting as key=value, FUSE options "
                    "(allow_other, default_permissions, max_read=N...), generic mount options "
@@ -200,8 +210,11 @@ class Library:
         self.session = session
         self.ops = ops
         self.nursery = nursery
+        self.sources: dict[bytes, Path] = {}
+        """info-hash -> the metainfo file it came from (where its pin is written)."""
 
     async def add(self, item: MetainfoItem) -> None:
+        self.sources[item.key] = item.source
         if item.metainfo is not None:
             if item.key in self.session.magnets:  # the .torrent supersedes the magnet
                 self.ops.remove_torrent(item.key)
@@ -233,8 +246,37 @@ class Library:
             self.ops.fill_magnet(handle.info_hash, torrent.metainfo)
 
     async def remove(self, item: MetainfoItem) -> None:
+        self.sources.pop(item.key, None)
         self.ops.remove_torrent(item.key)  # entries vanish, open handles get EIO
         await self.session.remove_torrent(item.key)  # the data stays on disk
+
+
+PIN_XATTR = "user.torrentfs.pin"
+PIN_SCAN_INTERVAL = 2.0
+
+
+async def watch_pins(library: Library, cache: DiskCache) -> None:
+    """Pins written on metainfo files (``setfattr -n user.torrentfs.pin``) -> the disk cache.
+
+    The mount is read-only, so a pin lives on the torrent's own file in the metainfo folder
+    (it survives restarts with it); read every `PIN_SCAN_INTERVAL` seconds.
+    """
+    while True:
+        sources = dict(library.sources)
+        values = await trio.to_thread.run_sync(_read_pins, sources)
+        for key, value in values.items():
+            cache.set_source_pin(key, None if value is None else parse_pin_value(value))
+        await trio.sleep(PIN_SCAN_INTERVAL)
+
+
+def _read_pins(sources: dict[bytes, Path]) -> dict[bytes, bytes | None]:
+    values: dict[bytes, bytes | None] = {}
+    for key, path in sources.items():
+        try:
+            values[key] = os.getxattr(path, PIN_XATTR)
+        except OSError:
+            values[key] = None  # no pin (ENODATA), or the file is gone / has no xattrs
+    return values
 
 
 def _session_config(args: argparse.Namespace) -> SessionConfig:
@@ -255,6 +297,9 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
         upload=upload,
         dht=not args.no_dht,
         torrent=TorrentConfig(upload=upload),
+        disk_cache=True,
+        cache_size=args.cache_size,
+        pins=tuple(args.pin),
     )
 
 
@@ -275,9 +320,12 @@ async def run_mount(
     fuse_opts = fuse_options(
         allow_other=allow_other, extra=[o for o in options if o != "allow_other"]
     )
+    readahead_max = args.readahead_max
+    if args.cache_size is not None:  # windows must fit the budget (`eviction.readahead_cap`)
+        readahead_max = min(readahead_max, readahead_cap(args.cache_size))
     readahead = ReadaheadPolicy(
-        min_bytes=min(args.readahead_min, args.readahead_max),
-        max_bytes=args.readahead_max,
+        min_bytes=min(args.readahead_min, readahead_max),
+        max_bytes=readahead_max,
         seconds_ahead=args.readahead_seconds,
     )
     async with open_session(_session_config(args)) as session:
@@ -304,8 +352,12 @@ async def run_mount(
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(serve)
-                watcher = MetainfoWatcher(metainfo_dir, Library(session, ops, nursery))
+                library = Library(session, ops, nursery)
+                ops.status = MountStatus(session, ops)
+                watcher = MetainfoWatcher(metainfo_dir, library)
                 await nursery.start(watcher.run)  # the first pass is in the tree
+                if session.cache is not None:
+                    nursery.start_soon(watch_pins, library, session.cache)
                 ready.ready(f"mounted at {mount.mountpoint}")
                 nursery.start_soon(report_status, session, ready)
         finally:

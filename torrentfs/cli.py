@@ -59,6 +59,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
         "build_seed_parser",
         "verify local data and seed it until interrupted",
     ),
+    "status": ("torrentfs.status", "build_status_parser", "show what running mounts are doing"),
 }
 """Subcommand -> (module, parser builder, help). The builder adds its subparser with
 ``set_defaults(func=cmd)`` where ``cmd(args) -> int``."""

@@ -99,7 +99,7 @@ IGNORED_OPTIONS = frozenset(
 IGNORED_PREFIXES = ("x-", "comment=")
 """``x-systemd.automount``, ``x-gvfs-show``...: meant for mount(8) and systemd, not for us."""
 
-Kind = Literal["value", "flag", "negated", "count"]
+Kind = Literal["value", "flag", "negated", "count", "append"]
 
 
 class ConfigError(TorrentfsError):
@@ -127,6 +127,13 @@ class OptionSpec:
                 return max(0, int(value))
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, not {value!r}") from None
+        if self.kind == "append":
+            # A TOML list, or one value (``-o pin=x``, repeatable): always a list.
+            items = value if isinstance(value, list) else [value]
+            return [self._convert_one(item, where) for item in items]
+        return self._convert_one(value, where)
+
+    def _convert_one(self, value: object, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"{where}: expected a string or a number")
         text = str(value)
@@ -171,6 +178,8 @@ def option_specs(parser: argparse.ArgumentParser) -> dict[str, OptionSpec]:
                 kind = "flag"
         elif isinstance(action, argparse._CountAction):
             kind = "count"
+        elif isinstance(action, argparse._AppendAction):
+            kind = "append"
         elif isinstance(action, argparse._StoreAction):
             kind = "value"
         else:
@@ -263,7 +272,10 @@ def from_options(options: Iterable[str], specs: Mapping[str, OptionSpec]) -> Lay
                 value: object = True if spec.kind != "count" else 1
             else:
                 value = raw_value
-            layer.values[spec.dest] = spec.convert(value, where)
+            converted = spec.convert(value, where)
+            if spec.kind == "append":  # `-o pin=a,pin=b`: every one counts
+                converted = layer.values.get(spec.dest, []) + converted
+            layer.values[spec.dest] = converted
         elif key in FUSE_FLAGS and not eq:
             layer.fuse.append(key)
         elif key in FUSE_VALUED and eq:

@@ -681,6 +681,16 @@ class PiecePicker(Generic[P]):
         self._dupable &= keep
         return leftovers
 
+    def piece_lost(self, piece: int) -> None:
+        """A verified piece is no longer stored (evicted for the disk budget): missing again,
+        to be fetched on demand like any other missing piece."""
+        self._check_piece(piece)
+        if self._missing >> piece & 1:
+            return
+        self._have.clear(piece)
+        self._missing |= 1 << piece
+        self._open |= 1 << piece
+
     def piece_failed(self, piece: int) -> frozenset[P]:
         """The piece's hash did not match: every block is pending again.
 

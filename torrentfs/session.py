@@ -23,7 +23,9 @@ from typing import Any
 import trio
 
 from torrentfs.bitfield import Bitfield
+from torrentfs.budget import DiskCache
 from torrentfs.errors import ProtocolError, TorrentfsError
+from torrentfs.eviction import PinRules
 from torrentfs.magnet import Magnet
 from torrentfs.magnet_handle import MagnetHandle
 from torrentfs.metainfo import Metainfo
@@ -61,6 +63,12 @@ class SessionConfig:
     torrent: TorrentConfig = field(default_factory=TorrentConfig)
     recheck: bool = False
     udp_tracker_base_timeout: float = 15.0
+    disk_cache: bool = False
+    """Account the download dir's disk use and honour pins (`torrentfs.budget`; the mount)."""
+    cache_size: int | None = None
+    """With `disk_cache`: keep the download dir within this many bytes (evicting)."""
+    pins: tuple[str, ...] = ()
+    """With `disk_cache`: pin patterns (`torrentfs.eviction.PinRules`)."""
 
 
 class Session:
@@ -79,6 +87,7 @@ class Session:
         self.listen_port = config.listen_port
         self.http_client: Any = None
         self._listeners: list[trio.SocketListener] = []
+        self.cache: DiskCache | None = None
 
     # ------------------------------------------------------------------ listening
 
@@ -183,6 +192,8 @@ class Session:
         scope = trio.CancelScope()
         self._scopes[metainfo.info_hash] = scope
         await self._nursery.start(self._run_torrent, torrent, store, writer, scope)
+        if self.cache is not None:
+            self.cache.register(torrent, store, writer)
         if download_all:
             torrent.set_download_all(True)
         if have.any():
@@ -214,6 +225,8 @@ class Session:
             torrent.close()
             log.exception("%s: torrent stopped by an internal error", torrent.metainfo.name)
         finally:
+            if self.cache is not None:
+                self.cache.unregister(torrent)
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
                     await writer.flush(store)
@@ -285,6 +298,13 @@ async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
         session = Session(config, nursery)
         session.http_client = http_client
         await session._open_listeners()
+        if config.disk_cache:
+            session.cache = DiskCache(
+                config.download_dir,
+                config.cache_size,
+                rules=PinRules(config.pins),
+            )
+            await nursery.start(session.cache.run)
         try:
             yield session
         finally:

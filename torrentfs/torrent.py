@@ -21,7 +21,8 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,18 @@ class TorrentStats:
     hash_failures: int
     banned: int
     file_progress: list[float] = field(default_factory=list)
+
+
+class DiskHooks:
+    """What a torrent tells the disk budget (`torrentfs.budget.DiskCache` overrides these);
+    this default, for a session without a budget, does nothing."""
+
+    def room_for(self, torrent: Torrent, piece: int) -> AbstractAsyncContextManager[object]:
+        """Held while `piece` is written: the budget makes room for it first."""
+        return nullcontext()
+
+    def pieces_read(self, torrent: Torrent, pieces: range) -> None:
+        """`pieces` were just read (least-recently-read order)."""
 
 
 class Peer:
@@ -247,6 +260,8 @@ class Torrent:
             self._complete_event.set()
         self.started_at = 0.0
         self.first_piece_at: float | None = None
+        self.cache: DiskHooks = DiskHooks()
+        self._in_use: dict[int, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -400,25 +415,61 @@ class Torrent:
         if length == 0:
             return b""
         pieces = self.geometry.pieces_for_range(offset, length)
-        missing = [p for p in pieces if not self.have[p]]
-        if missing:
-            want = self.want_range(
-                offset, length, priority=Priority.NOW, deadline=trio.current_time()
-            )
-            try:
-                with trio.move_on_after(timeout):
-                    for p in missing:
-                        await self.wait_piece(p)
-                    missing = []
-                if missing:
-                    first = next((p for p in missing if not self.have[p]), missing[0])
-                    raise ReadTimeout(
-                        f"{self.metainfo.name}: piece {first} not available after {timeout:g} s "
-                        f"({self.swarm_summary()})"
-                    )
-            finally:
-                want.drop()
-        return await self.store.read_range(offset, length)
+        with self._holding(pieces):  # not evicted for the disk budget while we read them
+            missing = [p for p in pieces if not self.have[p]]
+            if missing:
+                want = self.want_range(
+                    offset, length, priority=Priority.NOW, deadline=trio.current_time()
+                )
+                try:
+                    with trio.move_on_after(timeout):
+                        for p in missing:
+                            await self.wait_piece(p)
+                        missing = []
+                    if missing:
+                        first = next((p for p in missing if not self.have[p]), missing[0])
+                        raise ReadTimeout(
+                            f"{self.metainfo.name}: piece {first} not available after "
+                            f"{timeout:g} s ({self.swarm_summary()})"
+                        )
+                finally:
+                    want.drop()
+            data = await self.store.read_range(offset, length)
+        self.cache.pieces_read(self, pieces)
+        return data
+
+    # ------------------------------------------------------------------ disk budget hooks
+
+    @contextmanager
+    def _holding(self, pieces: Iterable[int]) -> Iterator[None]:
+        """Pieces being read or uploaded: never evicted meanwhile (`evictable`)."""
+        held = list(pieces)
+        in_use = self._in_use
+        for p in held:
+            in_use[p] = in_use.get(p, 0) + 1
+        try:
+            yield
+        finally:
+            for p in held:
+                left = in_use[p] - 1
+                if left:
+                    in_use[p] = left
+                else:
+                    del in_use[p]
+
+    def evictable(self, piece: int) -> bool:
+        """Verified, wanted by no open handle (no picker want), and not being read now."""
+        return self.have[piece] and not self.picker.is_wanted(piece) and piece not in self._in_use
+
+    def piece_evicted(self, piece: int) -> None:
+        """`piece` is going off disk (disk budget): missing again, fetched again on demand."""
+        if not self.have[piece]:
+            return
+        self.picker.piece_lost(piece)
+        self._pieces_verified -= 1
+        self._upload_cache.pop(piece, None)
+        if self._complete_event.is_set() and not self._closed:
+            self._complete_event = trio.Event()
 
     def _raise_storage_error(self) -> None:
         """While the last write failed (and its retry is not due), missing data cannot come."""
@@ -838,7 +889,8 @@ class Torrent:
                 self._piece_failed(index, contributors)
                 continue
             try:
-                await self.store.write_piece(index, data)
+                async with self.cache.room_for(self, index):
+                    await self.store.write_piece(index, data)
             except StorageError as exc:
                 self._storage_failed(index, exc)
                 continue
@@ -943,7 +995,8 @@ class Torrent:
             return
         data = self._upload_cache.get(req.index)
         if data is None:
-            data = await self.store.read_piece(req.index)
+            with self._holding((req.index,)):
+                data = await self.store.read_piece(req.index)
             self._upload_cache[req.index] = data
             if len(self._upload_cache) > 8:
                 self._upload_cache.popitem(last=False)

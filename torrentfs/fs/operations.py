@@ -52,7 +52,9 @@ ROOT_TIMEOUT = 1.0
 """The root's attributes change as torrents come and go: cache them briefly."""
 BLOCK = 4096
 XATTR_PREFIX = "user.torrentfs."
-XATTRS = ("infohash", "progress", "peers", "download_rate", "magnet", "status")
+XATTRS = ("infohash", "progress", "peers", "download_rate", "magnet", "status", "pin")
+ROOT_STATUS = XATTR_PREFIX + "status"
+"""On the root: the mount's status document, JSON (`torrentfs.status`), paged as ``.1``..."""
 
 ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (ReadTimeout, errno.EIO),
@@ -114,6 +116,16 @@ class EngineTorrent(Protocol):
     def statistics(self) -> Any: ...
 
 
+class StatusSource(Protocol):
+    """The mount-wide state shown on the root (`torrentfs.status.MountStatus`)."""
+
+    def page(self, number: int) -> bytes | None: ...
+
+    def usage(self) -> tuple[int, int] | None: ...
+
+    def is_pinned(self, info_hash: bytes, file_index: int | None) -> bool: ...
+
+
 class Engine(Protocol):
     """The session, as seen from the mount."""
 
@@ -167,6 +179,8 @@ class FsOperations(pyfuse3.Operations):
         self.mounted = False
         """True while the kernel is attached: entry invalidations are sent only then."""
         self.readdir_reply: Callable[[Any, bytes, Any, int], bool] = pyfuse3.readdir_reply
+        self.status: StatusSource | None = None
+        """Set by the app: the root's ``user.torrentfs.status``, the budget for ``statfs``."""
         self.invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
 
     # ------------------------------------------------------------------ the tree, from the app
@@ -366,6 +380,11 @@ class FsOperations(pyfuse3.Operations):
         s.f_blocks = (st.total_size + BLOCK - 1) // BLOCK
         s.f_bfree = 0
         s.f_bavail = 0
+        usage = self.status.usage() if self.status is not None else None
+        if usage is not None:  # df shows the disk budget and its use
+            limit, used = usage
+            s.f_blocks = limit // BLOCK
+            s.f_bfree = s.f_bavail = max(0, limit - used) // BLOCK
         s.f_files = st.files + st.dirs
         s.f_ffree = 0
         s.f_favail = 0
@@ -434,13 +453,19 @@ class FsOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self._node(inode)
         if node.info_hash is None:
-            return []
+            return [ROOT_STATUS.encode()] if inode == ROOT_INODE and self.status else []
         return [(XATTR_PREFIX + n).encode() for n in XATTRS]
 
     @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         key = name.decode("utf-8", "replace")
+        if inode == ROOT_INODE and self.status is not None and key.startswith(ROOT_STATUS):
+            number = key[len(ROOT_STATUS) + 1 :] if key != ROOT_STATUS else "0"
+            page = self.status.page(int(number)) if number.isdigit() else None
+            if page is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return page
         if node.info_hash is None or not key.startswith(XATTR_PREFIX):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         attr = key[len(XATTR_PREFIX) :]
@@ -480,6 +505,10 @@ class FsOperations(pyfuse3.Operations):
             return str(torrent.statistics().peers)
         if attr == "download_rate":
             return str(int(torrent_rate(torrent, trio.current_time())))
+        if attr == "pin":
+            index = node.file.index if node.file is not None else None
+            pinned = self.status is not None and self.status.is_pinned(info_hash, index)
+            return "1" if pinned else "0"
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_boundary

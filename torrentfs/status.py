@@ -381,7 +381,14 @@ def _snapshot(args: argparse.Namespace) -> tuple[object, list[str]]:
     mounts = [args.mountpoint] if args.mountpoint is not None else torrentfs_mounts()
     if args.mountpoint is None and not mounts:
         raise StatusError("no torrentfs mount found in /proc/self/mounts")
-    docs = [read_status(m) for m in mounts]
+    docs = []
+    for mount in mounts:
+        try:
+            docs.append(read_status(mount))
+        except StatusError as exc:
+            if args.mountpoint is not None:
+                raise
+            print(f"torrentfs: {exc}", file=sys.stderr)  # a stale mount must not hide the rest
     lines: list[str] = []
     for doc in docs:
         lines += render(doc)

@@ -3,6 +3,14 @@ python3-libtorrent in both directions (tier 4)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import trio
+from swarm import PeerFactory, make_payload, make_torrent
+
+from torrentfs.bencode import encode
+from torrentfs.metainfo import parse_metainfo
 from torrentfs.pex import (
     MAX_ACCEPT_PER_MESSAGE,
     MIN_RECEIVE_INTERVAL,
@@ -10,6 +18,7 @@ from torrentfs.pex import (
     PexBudget,
     PexConnection,
 )
+from torrentfs.session import SessionConfig, open_session
 from torrentfs.types import PeerAddress
 from torrentfs.wire import ut_pex
 from torrentfs.wire.ut_pex import MAX_SEND, PexMessage, PexPeer
@@ -98,3 +107,79 @@ def test_budget_caps_what_one_torrent_learns_from_pex() -> None:
     got = budget.admit(_addrs(100, base=50))
     assert got == _addrs(70, base=50)
     assert budget.admit(_addrs(10, base=500)) == []
+
+
+# --------------------------------------------------------------------------- with libtorrent
+
+MiB = 1 << 20
+
+
+def _session_config(tmp: Path) -> SessionConfig:
+    return SessionConfig(
+        download_dir=tmp / "dl", state_dir=tmp / "state", listen_host="127.0.0.1",
+        listen_port=0, trackers=False,
+    )  # fmt: skip
+
+
+@pytest.mark.interop
+async def test_a_peer_learned_only_through_pex_is_connected_and_used(
+    tmp_path: Path, lt_seeder_factory: PeerFactory, lt_leecher_factory: PeerFactory
+) -> None:
+    """We know only A, a libtorrent leecher that can hardly download (1 KB/s) and is connected
+    to seeder B. A's ut_pex names B; we dial B and get the whole torrent from it."""
+    payload = make_payload(tmp_path / "src", 2 * MiB, name="pex")
+    t = make_torrent(payload.root, tmp_path / "pex.torrent")
+    # B ignores PEX: otherwise it learns us from A and connects to us itself.
+    b = lt_seeder_factory(t, payload.root.parent, tracker_less=True, extra_args=["--no-pex"])
+    a = lt_leecher_factory(
+        t, tmp_path / "a", tracker_less=True, peers=[b],
+        extra_args=["--download-limit", "1000", "--report-peers"],
+    )  # fmt: skip
+    a.wait_event("peer", timeout=30)  # A is connected to B
+    meta = parse_metainfo(t.path.read_bytes())
+    async with open_session(_session_config(tmp_path)) as session:
+        torrent = await session.add_torrent(meta, download_all=True)
+        torrent.add_peers([PeerAddress(a.host, a.port)], source="test")
+        with trio.fail_after(150):  # libtorrent's first PEX comes within seconds, later each 60 s
+            await torrent.wait_complete()
+        assert PeerAddress(b.host, b.port) in torrent._pex_budget.learned
+        data = await torrent.read(0, meta.total_size, timeout=10)
+    assert data == payload.root.read_bytes()
+
+
+@pytest.mark.interop
+async def test_libtorrent_learns_a_peer_from_our_pex(
+    tmp_path: Path, lt_seeder_factory: PeerFactory, lt_leecher_factory: PeerFactory
+) -> None:
+    """We are connected to seeder Y (told to us directly) and leecher X connects to us: our
+    ut_pex tells X about Y, and X connects to Y because of it (libtorrent's peer source 'pex')."""
+    payload = make_payload(tmp_path / "src", 4 * MiB, name="ours")
+    t = make_torrent(payload.root, tmp_path / "ours.torrent")
+    y = lt_seeder_factory(t, payload.root.parent, tracker_less=True, extra_args=["--no-pex"])
+    meta = parse_metainfo(t.path.read_bytes())
+    async with open_session(_session_config(tmp_path)) as session:
+        torrent = await session.add_torrent(meta)
+        torrent.add_peers([PeerAddress(y.host, y.port)], source="test")
+        # Want one piece: we connect to Y and stay a leecher (connected) while X arrives.
+        assert len(await torrent.read(0, 10, timeout=30)) == 10
+        x = lt_leecher_factory(
+            t, tmp_path / "x", tracker_less=True, peers=[("127.0.0.1", session.listen_port)],
+            extra_args=["--download-limit", "100000", "--report-peers", "--no-recheck"],
+        )  # fmt: skip
+        with trio.fail_after(120):
+            while True:
+                event = await trio.to_thread.run_sync(x.wait_event, "peer", 120.0)
+                if event["ip"] == y.host and event["port"] == y.port and event["pex"]:
+                    break
+
+
+@pytest.mark.parametrize("private", [False, True])
+async def test_ut_pex_is_offered_only_for_public_torrents(tmp_path: Path, private: bool) -> None:
+    info = {b"name": b"p", b"piece length": 16384, b"length": 5, b"pieces": b"\0" * 20}
+    if private:
+        info[b"private"] = 1
+    meta = parse_metainfo(encode({b"info": info}))
+    async with open_session(_session_config(tmp_path)) as session:
+        torrent = await session.add_torrent(meta)
+        assert torrent._pex_m() == ({} if private else {"ut_pex": 2})
+        assert torrent._pex_enabled() is not private

@@ -14,7 +14,9 @@ Modes::
 Common options: ``--tracker-less`` (drop every tracker from the torrent), ``--peer HOST:PORT``
 (repeatable; connect to that peer directly), ``--upload-limit``/``--download-limit`` (bytes/s),
 ``--dht`` / ``--dht-bootstrap HOST:PORT`` (BEP 5 on the listen port; off by default),
-``--timeout SECONDS``.
+``--timeout SECONDS``, ``--no-pex`` (BEP 11 off for this torrent), ``--report-peers`` (a
+``{"event": "peer", "ip", "port", "source", "pex"}`` line per connected peer, ``pex`` when it was
+learned through BEP 11).
 
 Guarantees (what the fixtures rely on):
 
@@ -214,6 +216,18 @@ def wait_checked(ses: Any, state: dict[str, Any], timeout: float) -> bool:
     return False
 
 
+def report_peers(handle: Any, seen: set[tuple[str, int, int]]) -> None:
+    """``{"event": "peer", "ip", "port", "source", "pex"}`` once per connected peer and source set
+    (``source`` is libtorrent's peer_info.source bit mask; ``pex``: learned from BEP 11)."""
+    for p in handle.get_peer_info():
+        ip, port = p.ip
+        key = (str(ip), int(port), int(p.source))
+        if key not in seen:
+            seen.add(key)
+            emit({"event": "peer", "ip": key[0], "port": key[1], "source": key[2],
+                  "pex": bool(key[2] & lt.peer_info.pex)})  # fmt: skip
+
+
 def add_peers(handle: Any, peers: list[tuple[str, int]]) -> None:
     for p in peers:
         handle.connect_peer(p)
@@ -223,6 +237,8 @@ def seed(args: argparse.Namespace) -> int:
     ses = make_session(args)
     port = wait_listening(ses, 10)
     atp = load_params(args.torrent, args.data, args.tracker_less)
+    if args.no_pex:
+        atp.flags |= lt.torrent_flags.disable_pex
     ti = atp.ti
     if not args.check:
         atp.flags |= lt.torrent_flags.seed_mode
@@ -249,8 +265,11 @@ def seed(args: argparse.Namespace) -> int:
         }
     )
     add_peers(handle, args.peer)
+    seen: set[tuple[str, int, int]] = set()
     while not _STOP:
         report_alerts(ses, state)
+        if args.report_peers:
+            report_peers(handle, seen)
         time.sleep(0.05)
     st = handle.status()
     emit({"event": "stopped", "uploaded": int(st.total_payload_upload)})
@@ -262,6 +281,8 @@ def leech(args: argparse.Namespace) -> int:
     ses = make_session(args)
     port = wait_listening(ses, 10)
     atp = load_params(args.torrent, args.out, args.tracker_less)
+    if args.no_pex:
+        atp.flags |= lt.torrent_flags.disable_pex
     if args.sequential:
         atp.flags |= lt.torrent_flags.sequential_download
     emit({"event": "ready", "mode": "leech", "host": args.listen[0], "port": port})
@@ -272,8 +293,11 @@ def leech(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {"first_piece_at": None}
     deadline = start + args.timeout
     last_peer_kick = start
+    seen: set[tuple[str, int, int]] = set()
     while True:
         report_alerts(ses, state)
+        if args.report_peers:
+            report_peers(handle, seen)
         st = handle.status()
         if st.errc.value():
             emit({"event": "error", "error": st.errc.message()})
@@ -330,6 +354,8 @@ def leech(args: argparse.Namespace) -> int:
     if args.keep_seeding:
         while not _STOP:
             report_alerts(ses, state)
+            if args.report_peers:
+                report_peers(handle, seen)
             time.sleep(0.05)
     ses.remove_torrent(handle)
     return 0
@@ -350,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dht-bootstrap", type=parse_hostport, action="append", default=[], help="implies --dht"
     )
     common.add_argument("--timeout", type=float, default=300.0)
+    common.add_argument("--no-pex", action="store_true", help="ignore and send no BEP 11 PEX")
+    common.add_argument(
+        "--report-peers", action="store_true", help='print {"event": "peer"} per connected peer'
+    )
     common.add_argument(
         "--high-performance", action="store_true", help="start from lt.high_performance_seed()"
     )

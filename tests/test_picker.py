@@ -330,6 +330,9 @@ def test_block_received_checks() -> None:
         r = pp.block_received(piece, begin, "A")
         assert (r.accepted, r.cancel_peers) == nothing, (piece, begin)
     assert not pp.block_received(1, 0, "A", length=BLOCK_SIZE - 1).accepted
+    assert not pp.block_received(1, -BLOCK_SIZE, "A").accepted
+    assert not pp._blocks  # refused blocks leave no in-flight state behind
+    pp._check_invariants()
     # unsolicited but useful: accepted
     assert pp.block_received(1, 0, "A", length=BLOCK_SIZE).accepted
     assert not pp.block_received(1, 0, "A").accepted  # already here
@@ -338,6 +341,12 @@ def test_block_received_checks() -> None:
     out = pp.pick("A", 100, 0.0)
     assert {(3, 0, BLOCK_SIZE), (3, BLOCK_SIZE, 100)} <= set(out)
     assert pp.block_received(3, BLOCK_SIZE, "A", length=100).accepted
+    # in flight now: the same checks on the fast path
+    for begin, length in [(BLOCK_SIZE, 100), (0, 100), (5, None), (2 * BLOCK_SIZE, None)]:
+        assert not pp.block_received(3, begin, "A", length=length).accepted, (begin, length)
+    done = pp.block_received(3, 0, "A", length=BLOCK_SIZE)
+    assert (done.accepted, done.piece_complete) == (True, True)
+    pp._check_invariants()
 
 
 def test_request_failed_puts_the_block_back() -> None:

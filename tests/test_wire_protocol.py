@@ -227,6 +227,64 @@ def test_any_chunking_gives_the_same_events(
     assert split.next_events() == expected
 
 
+def as_copies(events: list[Event]) -> list[Event]:
+    """The events with each piece block copied out (zero-copy blocks are views)."""
+    return [
+        m.Piece(e.index, e.begin, bytes(e.block)) if isinstance(e, m.Piece) else e for e in events
+    ]
+
+
+@given(conversation(), st.lists(st.integers(1, 5000), min_size=1, max_size=60))
+def test_zero_copy_blocks_from_a_reused_buffer(
+    convo: tuple[bytes, list[Event]], sizes: list[int]
+) -> None:
+    """``copy_blocks=False`` as `PeerConnection` uses it: every chunk lands in the same buffer,
+    the events of one `receive` are consumed before the next chunk overwrites it, and the
+    blocks seen then are exactly the blocks sent, under any chunking."""
+    data, expected = convo
+    proto = new_protocol(copy_blocks=False)
+    buffer = bytearray(max(sizes))
+    got: list[Event] = []
+    pos = 0
+    turn = 0
+    while pos < len(data):
+        size = min(sizes[turn % len(sizes)], len(data) - pos)
+        turn += 1
+        buffer[:size] = data[pos : pos + size]
+        pos += size
+        proto.receive(memoryview(buffer)[:size])
+        got += as_copies(proto.next_events())
+        buffer[:] = b"\xee" * len(buffer)  # what the next receive would do to stale views
+    assert got == expected
+
+
+def test_zero_copy_block_is_a_view_of_the_callers_buffer() -> None:
+    proto = new_protocol(copy_blocks=False)
+    proto.receive(their_handshake())
+    buf = bytearray(m.encode(m.Piece(1, 0, b"abcd")) + m.encode(m.Piece(1, 4, b"ef")))
+    proto.receive(buf)
+    [_, piece, _] = proto.next_events()
+    assert isinstance(piece, m.Piece) and type(piece.block) is memoryview
+    assert piece.block == b"abcd"
+    buf[13:17] = b"zzzz"
+    assert piece.block == b"zzzz"  # no copy was made: the caller must consume it in time
+
+
+def test_blocks_of_the_last_piece_are_checked_exactly() -> None:
+    """The hot path bounds blocks by the full piece length; the last piece is shorter."""
+    for copy_blocks in (True, False):
+        proto = new_protocol(copy_blocks=copy_blocks)
+        proto.receive(their_handshake())
+        proto.receive(m.encode(m.Piece(NUM_PIECES - 1, LAST_PIECE - 2, b"ok")))
+        assert isinstance(proto.next_events()[-1], m.Piece)
+        error = assert_violation(proto, m.encode(m.Piece(NUM_PIECES - 1, LAST_PIECE - 1, b"no")))
+        assert "beyond the end of piece" in str(error)
+        proto = new_protocol(copy_blocks=copy_blocks)
+        proto.receive(their_handshake())
+        error = assert_violation(proto, m.encode(m.Piece(NUM_PIECES, 0, b"x")))
+        assert "out of range" in str(error)
+
+
 def test_byte_by_byte_with_big_pieces() -> None:
     blocks = [m.Piece(i, 0, bytes([i]) * 16384) for i in range(5)]
     data = their_handshake() + b"".join(m.encode(b) for b in blocks)

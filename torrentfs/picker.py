@@ -103,12 +103,13 @@ class _Blocks:
     ``reqs[b]`` is the tuple of peers block b is requested from (at most two), ``got[b]`` the
     peer that delivered it or `_MISSING`. ``free`` counts blocks neither received nor requested,
     ``single`` blocks not received and requested from exactly one peer. Every block below
-    ``hint`` is not free (so a fresh pick starts scanning there).
+    ``hint`` is not free (so a fresh pick starts scanning there). ``last`` is the index of the
+    last block and ``tail`` its length (every other block is `BLOCK_SIZE` long).
     """
 
-    __slots__ = ("free", "got", "hint", "received", "reqs", "single")
+    __slots__ = ("free", "got", "hint", "last", "received", "reqs", "single", "tail")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, tail: int) -> None:
         # Any: peer keys of the owning PiecePicker[P] (a generic here would cost more than it says)
         self.got: list[Any] = [_MISSING] * count
         self.reqs: list[tuple[Any, ...]] = [()] * count
@@ -116,6 +117,8 @@ class _Blocks:
         self.single = 0
         self.received = 0
         self.hint = 0
+        self.last = count - 1
+        self.tail = tail  # length of the last block
 
 
 @dataclass(slots=True)
@@ -125,6 +128,10 @@ class _Want:
     priority: Priority
     deadline: float | None
     span: int  # bitset of 1s, last - first + 1 long (unshifted)
+
+
+_REFUSED: BlockResult[Any] = BlockResult((), False, False)
+_ACCEPTED: BlockResult[Any] = BlockResult((), False, True)
 
 
 def _bits(mask: int, base: int = 0) -> Iterator[int]:
@@ -217,6 +224,12 @@ class PiecePicker(Generic[P]):
         if piece == self._n - 1:
             return self._tail_last if block == self._nb_last - 1 else BLOCK_SIZE
         return self._tail_full if block == self._nb_full - 1 else BLOCK_SIZE
+
+    def _new_blocks(self, piece: int) -> _Blocks:
+        count = self._num_blocks(piece)
+        st = self._blocks[piece] = _Blocks(count, self._block_len(piece, count - 1))
+        self._partial |= 1 << piece
+        return st
 
     def _check_piece(self, piece: int) -> None:
         if not 0 <= piece < self._n:
@@ -490,8 +503,7 @@ class PiecePicker(Generic[P]):
     ) -> None:
         st = self._blocks.get(piece)
         if st is None:
-            st = self._blocks[piece] = _Blocks(self._num_blocks(piece))
-            self._partial |= 1 << piece
+            st = self._new_blocks(piece)
         reqs = st.reqs
         got = st.got
         n = len(reqs)
@@ -624,41 +636,47 @@ class PiecePicker(Generic[P]):
         Pass `length` (the block's size) to have a wrongly sized block refused. The block is
         accepted even when it was not (or no longer) requested from `peer`, as long as it is a
         still missing block of a wanted or in-flight piece.
+
+        This runs once per 16 KiB of every download: O(1), a few dict and list operations, and
+        no allocation for the usual outcome (accepted, piece not complete, nobody to cancel).
         """
-        nope: BlockResult[P] = BlockResult((), False, False)
-        if not 0 <= piece < self._n or begin % BLOCK_SIZE or not self._missing >> piece & 1:
-            return nope
-        b = begin // BLOCK_SIZE
-        if b >= self._num_blocks(piece):
-            return nope
-        if length is not None and length != self._block_len(piece, b):
-            return nope
-        st = self._blocks.get(piece)
+        b, rest = divmod(begin, BLOCK_SIZE)
+        st = self._blocks.get(piece)  # in flight implies missing (see _check_invariants)
         if st is None:
-            if not self._wanted >> piece & 1:
-                return nope
-            st = self._blocks[piece] = _Blocks(self._num_blocks(piece))
-            self._partial |= 1 << piece
-        if st.got[b] is not _MISSING:
-            return nope
+            if rest or not 0 <= piece < self._n or not (self._missing & self._wanted) >> piece & 1:
+                return _REFUSED
+            if not 0 <= b < self._num_blocks(piece):
+                return _REFUSED
+            if length is not None and length != self._block_len(piece, b):
+                return _REFUSED
+            st = self._new_blocks(piece)
+        got = st.got
+        if rest or not 0 <= b <= st.last or got[b] is not _MISSING:
+            return _REFUSED
+        if length is not None and length != (st.tail if b == st.last else BLOCK_SIZE):
+            return _REFUSED
         r = st.reqs[b]
+        cancel: tuple[P, ...] = ()
         if not r:
             st.free -= 1
             if not st.free:
                 self._open &= ~(1 << piece)
-        elif len(r) == 1:
-            st.single -= 1
-            if not st.single:
-                self._dupable &= ~(1 << piece)
-        cancel: list[P] = []
-        for q in r:
-            self._reqs[q].pop((piece, b), None)
-            if q != peer:
-                cancel.append(q)
-        st.reqs[b] = ()
-        st.got[b] = peer
+        else:
+            if len(r) == 1:
+                st.single -= 1
+                if not st.single:
+                    self._dupable &= ~(1 << piece)
+            key = (piece, b)
+            for q in r:
+                self._reqs[q].pop(key, None)
+                if q != peer:
+                    cancel += (q,)
+            st.reqs[b] = ()
+        got[b] = peer
         st.received += 1
-        return BlockResult(tuple(cancel), st.received == len(st.got), True)
+        if cancel or st.received > st.last:
+            return BlockResult(cancel, st.received > st.last, True)
+        return _ACCEPTED
 
     def piece_verified(self, piece: int) -> list[tuple[P, int, int]]:
         """The piece's hash matched: we have it. Returns requests still outstanding for it

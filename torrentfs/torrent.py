@@ -151,9 +151,6 @@ class Peer:
         """From the BEP 10 handshake's ``p``: where an incoming peer can be dialled."""
         self.pex = pex.PexConnection()
 
-    def __hash__(self) -> int:
-        return self.uid
-
     def __repr__(self) -> str:
         return f"<Peer {self.address}>"
 
@@ -241,8 +238,10 @@ class Torrent:
         self._closed = False
         self._dial_wake = trio.Event()
         self._verify_send, self._verify_recv = trio.open_memory_channel[
-            tuple[int, bytes, set[Peer | WebSeed]]
+            tuple[int, bytearray, set[Peer | WebSeed]]
         ](8)
+        self._completed: list[tuple[int, bytearray, set[Peer | WebSeed]]] = []
+        """Pieces whose last block just arrived, on their way to the verifiers."""
         self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
         self._choker: Choker[Peer] = Choker(slots=4)
         self.download = RateMeter()
@@ -687,10 +686,23 @@ class Torrent:
             conn.queue(m.encode(m.HaveNone()))
         elif self.have.any():
             conn.queue(m.encode(m.BitfieldMsg(self.have.to_bytes())))
+        if self.picker.missing_wanted_count():
+            # Interested at once, before the peer's bitfield: a seed then unchokes us one round
+            # trip sooner. Corrected by `_update_interest` when its pieces are known.
+            peer.am_interested = True
+            conn.queue(m.encode(m.Interested()))
         peer.last_sent = trio.current_time()
 
     async def _peer_reader(self, peer: Peer) -> None:
+        """Handle what the peer sends, one receive buffer at a time.
+
+        Blocks are the hot path (64 Ki of them per GiB): each is copied once, from the receive
+        buffer into its piece buffer (`_store_block`); rate meters are credited once per
+        buffer, and the pipeline is topped up once per buffer.
+        """
         conn = peer.conn
+        piece_type = m.Piece
+        store_block = self._store_block
         while True:
             with trio.move_on_after(self.config.idle_timeout) as scope:
                 events = await conn.receive_events()
@@ -698,8 +710,17 @@ class Torrent:
                 raise ProtocolError("peer idle for too long")
             now = trio.current_time()
             peer.last_received = now
+            received = 0
             for event in events:
-                await self._handle(peer, event, now)
+                if type(event) is piece_type:
+                    assert isinstance(event, m.Piece)
+                    received += store_block(peer, event.index, event.begin, event.block)
+                    if self._completed:
+                        await self._send_completed()
+                else:
+                    await self._handle(peer, event, now)
+            if received:
+                self._credit(peer, received, now)
             self._fill_requests(peer)
 
     async def _handle(self, peer: Peer, msg: object, now: float) -> None:
@@ -841,23 +862,40 @@ class Torrent:
             blocks = allowed
         if not blocks:
             return
-        peer.conn.queue(m.encode_request_batch([m.Request(i, b, n) for i, b, n in blocks]))
+        peer.conn.queue(m.encode_request_batch(blocks))
         peer.last_sent = now
 
     def _release_requests(self, peer: Peer) -> None:
         self.picker.release_requests(peer)
 
     async def _on_block(
-        self, peer: Peer | WebSeed, index: int, begin: int, block: bytes, now: float
+        self,
+        peer: Peer | WebSeed,
+        index: int,
+        begin: int,
+        block: bytes | memoryview,
+        now: float,
     ) -> None:
+        """One block from `peer`: stored, credited, and its piece verified once complete."""
+        size = self._store_block(peer, index, begin, block)
+        if size:
+            self._credit(peer, size, now)
+        if self._completed:
+            await self._send_completed()
+
+    def _store_block(
+        self, peer: Peer | WebSeed, index: int, begin: int, block: bytes | memoryview
+    ) -> int:
+        """Account one block and copy it into its piece buffer; returns the bytes accepted.
+
+        Unrequested, duplicate (endgame) or wrongly sized blocks are dropped (0: no credit). A
+        block completing its piece moves the buffer itself (no copy) to `_completed`; the
+        caller must then `await self._send_completed()` before anything else can run.
+        """
         size = len(block)
         result = self.picker.block_received(index, begin, peer, size)
         if not result.accepted:
-            return  # unrequested, duplicate (endgame) or wrongly sized: dropped, no credit
-        peer.download.add(size, now)
-        self.download.add(size, now)
-        self.downloaded += size
-        peer.snubbed = False
+            return 0
         for other in result.cancel_peers:
             if other in self.peers and other is not peer:
                 other.conn.queue(m.encode(m.Cancel(index, begin, size)))
@@ -868,17 +906,34 @@ class Torrent:
         buf.received += size
         buf.contributors.add(peer)
         if result.piece_complete:
+            # The buffer leaves `buffers`: no later block can reach it (the picker refuses
+            # blocks of a complete piece), so the verifier may hash and write it as it is.
             del self.buffers[index]
-            item = (index, bytes(buf.data), buf.contributors)
+            self._completed.append((index, buf.data, buf.contributors))
+        return size
+
+    def _credit(self, peer: Peer | WebSeed, size: int, now: float) -> None:
+        peer.download.add(size, now)
+        self.download.add(size, now)
+        self.downloaded += size
+        peer.snubbed = False
+
+    async def _send_completed(self) -> None:
+        """Hand completed pieces to the verifiers (waiting if hashing is behind: back-pressure
+        on this peer). If the task is cancelled meanwhile, no piece may be lost half-way: the
+        pieces not handed over are re-opened."""
+        while self._completed:
+            item = self._completed.pop(0)
             try:
                 self._verify_send.send_nowait(item)
             except trio.WouldBlock:
-                # Hashing is behind: wait (back-pressure on this peer). If this peer's task
-                # is cancelled meanwhile, the piece must not be lost half-way: re-open it.
                 try:
                     await self._verify_send.send(item)
                 except BaseException:
-                    self.picker.piece_failed(index)
+                    self.picker.piece_failed(item[0])
+                    for rest in self._completed:
+                        self.picker.piece_failed(rest[0])
+                    self._completed.clear()
                     raise
 
     async def _verifier(self) -> None:

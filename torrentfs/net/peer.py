@@ -7,7 +7,9 @@ Guarantees (DESIGN.md §3 rule 2):
   loses its own connection and never stalls the engine);
 - every wait is bounded: the handshake has a deadline, and the owner bounds idle reads;
 - reads use large receive buffers (DESIGN.md §3 rule 10) and framing lives in the sans-IO
-  `wire.protocol.PeerProtocol` (BEP 3).
+  `wire.protocol.PeerProtocol` (BEP 3), in its zero-copy mode: the blocks of the `Piece` events
+  returned by `receive_events` are views of the receive buffer, valid until the next
+  `receive_events` call (the owner copies each block once, into its piece buffer).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from torrentfs.wire.handshake import HANDSHAKE_LEN, Handshake
 from torrentfs.wire.protocol import PeerProtocol
 
 RECEIVE_SIZE = 256 * 1024
+MAX_RECEIVE_SIZE = 1024 * 1024
+"""A peer that keeps filling the receive buffer gets a larger one, up to this: fewer wake-ups
+and receive calls per MiB (each costs more CPU than copying 256 KiB)."""
 OUTBOX_LIMIT = 16 * 1024 * 1024
 """Bytes queued to one peer before we decide it does not read what we send."""
 
@@ -80,7 +85,9 @@ class PeerConnection:
         self, num_pieces: int | None, piece_size: Callable[[int], int] | None
     ) -> None:
         """Switch to message framing once the handshake is done."""
-        proto = PeerProtocol(num_pieces, piece_size, remote_handshake=self.remote_handshake)
+        proto = PeerProtocol(
+            num_pieces, piece_size, remote_handshake=self.remote_handshake, copy_blocks=False
+        )
         if self._pending:
             proto.receive(bytes(self._pending))
             self._pending.clear()
@@ -89,7 +96,11 @@ class PeerConnection:
     # -- receive -----------------------------------------------------------------------------
 
     async def receive_events(self) -> Sequence[object]:
-        """Wait for data and return the messages it completes (maybe none). EOF -> ProtocolError."""
+        """Wait for data and return the messages it completes (maybe none). EOF -> ProtocolError.
+
+        The caller must be done with the events (their `Piece` blocks are views of the receive
+        buffer) before it calls this again.
+        """
         assert self.protocol is not None
         events = self.protocol.next_events()
         if events:
@@ -100,9 +111,10 @@ class PeerConnection:
             raise ProtocolError("peer closed the connection")
         self.bytes_received += n
         self.protocol.receive(memoryview(buf)[:n])
-        if n == len(buf) and n < RECEIVE_SIZE:
-            # A fast peer: read in larger chunks (fewer wake-ups per MiB).
-            self._rbuf = bytearray(RECEIVE_SIZE)
+        if n == len(buf) and n < MAX_RECEIVE_SIZE:
+            # A fast peer: read in larger chunks (fewer wake-ups per MiB). A new buffer, not a
+            # resized one: the events just parsed still point into the old one.
+            self._rbuf = bytearray(min(4 * n, MAX_RECEIVE_SIZE))
         return self.protocol.next_events()
 
     # -- send --------------------------------------------------------------------------------

@@ -97,11 +97,15 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A block of data: `block` is the bytes at `begin` within piece `index`."""
+    """A block of data: `block` is the bytes at `begin` within piece `index`.
+
+    Received in `PeerProtocol`'s zero-copy mode, `block` is a memoryview of the receive buffer,
+    valid only until the next bytes are received (see `torrentfs.wire.protocol`).
+    """
 
     index: int
     begin: int
-    block: bytes
+    block: bytes | memoryview
     msg_id: ClassVar[int] = PIECE
 
 

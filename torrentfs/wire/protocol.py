@@ -9,7 +9,9 @@ Guarantees
 - **Framing survives any TCP chunking.** The same byte stream split at any points yields the
   same events. Only a partial frame is ever buffered (at most one frame, bounded below); whole
   frames are parsed straight out of the caller's buffer, and a piece block is copied exactly
-  once (into the `Piece.block` bytes).
+  once (into the `Piece.block` bytes) -- or, with ``copy_blocks=False``, not at all: the block
+  is then a memoryview of the caller's buffer, valid until the next `receive`, so the engine
+  copies each 16 KiB block once, from its receive buffer straight into the piece buffer.
 - **Linear-time, early rejection.** A frame's length and id are checked as soon as its 5-byte
   header arrives, before any payload is buffered: a 2 GiB length prefix fails at once.
 - **Everything is validated** and any violation raises `ProtocolError(remote=True)`; after that
@@ -95,7 +97,12 @@ DEFAULT_MAX_MESSAGE_LENGTH = 2 + MAX_EXTENDED_PAYLOAD
 
 PieceSize = int | Callable[[int], int]
 """Either one piece length for every piece (the last piece is then only bounded by it, not
-checked exactly) or a function giving each piece's exact size."""
+checked exactly) or a function giving each piece's exact size -- where, as in every BEP 3
+torrent, all pieces but the last are ``piece_size(0)`` bytes long."""
+
+_MIN_PIECE_FRAME = 10
+_MAX_PIECE_FRAME = 9 + MAX_BLOCK_LENGTH
+"""Frame lengths (id + index + begin + block) of a piece message with a 1..128 KiB block."""
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -149,6 +156,11 @@ class PeerProtocol:
     `reserved` is what *we* advertise; a feature is negotiated when both sides set its bit.
     `remote_handshake` is for a listener that already read and routed the peer's handshake
     itself: the object then starts directly with messages (no `Handshake` event).
+
+    `copy_blocks=False` is the zero-copy mode for the hot path: a `Piece` event's ``block`` is
+    then a memoryview into the buffer given to `receive` (or into an internal buffer for a frame
+    that arrived in several calls) and is only valid until the next `receive` call -- the caller
+    must consume the events of one `receive` before feeding the next bytes into the same buffer.
     """
 
     def __init__(
@@ -160,6 +172,7 @@ class PeerProtocol:
         reserved: bytes = hs.DEFAULT_RESERVED,
         remote_handshake: hs.Handshake | None = None,
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        copy_blocks: bool = True,
     ) -> None:
         if len(reserved) != 8:
             raise ProtocolError("reserved must be 8 bytes", remote=False)
@@ -168,10 +181,13 @@ class PeerProtocol:
         if max_message_length < 13:
             raise ProtocolError("max_message_length must allow a request (13)", remote=False)
         self._reserved = bytes(reserved)
+        self._copy_blocks = copy_blocks
         self._info_hash = info_hash
         self._max_length = max_message_length
         self._num_pieces: int | None = None
         self._piece_size: Callable[[int], int] | None = None
+        self._full_size = 0
+        self._last_index = -1
         self._max_bitfield_frame = 1 + (MAX_PIECES_UNKNOWN + 7) // 8
         if num_pieces is not None:
             if piece_size is None:
@@ -219,6 +235,10 @@ class PeerProtocol:
             self._piece_size = piece_size
         self._num_pieces = num_pieces
         self._max_bitfield_frame = 1 + (num_pieces + 7) // 8
+        # The hot path's bounds for a block (see `_parse`): pieces before the last one are all
+        # `piece_size(0)` long (BEP 3), so only blocks of the last piece need the function.
+        self._full_size = self._piece_size(0)
+        self._last_index = num_pieces - 1
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -381,6 +401,10 @@ class PeerProtocol:
             pos += hs.HANDSHAKE_LEN
         events = self._events
         unpack_length = _U32.unpack_from
+        unpack_block = _II.unpack_from
+        full_size = self._full_size
+        last_index = self._last_index  # -1 while the pieces are unknown (a magnet)
+        copy = self._copy_blocks
         while end - pos >= 5:
             (length,) = unpack_length(view, pos)
             if length == 0:
@@ -388,14 +412,31 @@ class PeerProtocol:
                 pos += 4
                 continue
             msg_id = view[pos + 4]
+            if msg_id == PIECE and _MIN_PIECE_FRAME <= length <= _MAX_PIECE_FRAME:
+                # The hot path (nearly every byte of a download): a well-sized block of a known
+                # torrent, checked inline; anything unusual takes the general path below.
+                stop = pos + 4 + length
+                if stop > end:
+                    return pos
+                index, begin = unpack_block(view, pos + 5)
+                if index >= last_index or begin + length - 9 > full_size:
+                    # The last piece, unknown pieces, or out of bounds: the exact check
+                    # (raises, saying why).
+                    self._check_block(index, begin, length - 9)
+                block = view[pos + 13 : stop]
+                events.append(Piece(index, begin, block.tobytes() if copy else block))
+                self._bitfield_allowed = False
+                pos = stop
+                continue
             self._check_header(msg_id, length)
             stop = pos + 4 + length
             if stop > end:
                 return pos
             if msg_id == PIECE:
-                index, begin = _II.unpack_from(view, pos + 5)
+                index, begin = unpack_block(view, pos + 5)
                 self._check_block(index, begin, length - 9)
-                events.append(Piece(index, begin, view[pos + 13 : stop].tobytes()))
+                block = view[pos + 13 : stop]
+                events.append(Piece(index, begin, block.tobytes() if copy else block))
                 self._bitfield_allowed = False
             else:
                 self._parse_message(msg_id, view, pos + 5, stop)

@@ -92,6 +92,24 @@ LAYOUT = [
 # -- round trips ----------------------------------------------------------------------------
 
 
+async def test_has_data_files(tmp_path: Path) -> None:
+    """What the session asks before a recheck: does any (non-pad) data file exist yet?"""
+    m, data = build_torrent(LAYOUT, 8192)
+    store = FileStore(tmp_path, m)
+    assert not await store.has_data_files()
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".pad").mkdir()
+    (tmp_path / "t" / ".pad" / "3192").write_bytes(b"")  # a pad file on disk is no data file
+    assert not await store.has_data_files()
+    await store.write_piece(3, piece_data(m, data, 3))
+    assert await store.has_data_files()
+    await store.aclose()
+    single, _ = build_torrent([("x", 100)], 16384, single=True, name="one")
+    assert not await FileStore(tmp_path, single).has_data_files()
+    (tmp_path / "one").symlink_to(tmp_path / "t" / "e.bin")  # never followed
+    assert not await FileStore(tmp_path, single).has_data_files()
+
+
 async def test_multi_file_round_trip(tmp_path: Path) -> None:
     m, data = build_torrent(LAYOUT, 4096)
     store = FileStore(tmp_path, m)

@@ -818,8 +818,12 @@ async def test_make_tracker_set_wires_a_session_and_torrent(
         add_peers=add_peers,
         statistics=lambda: stats,
     )
+
+    async def get_http_client() -> httpx.AsyncClient:
+        return http_client
+
     session = SimpleNamespace(
-        http_client=http_client,
+        get_http_client=get_http_client,
         peer_id=b"-TF0001-" + b"S" * 12,
         listen_port=6201,
         config=SimpleNamespace(udp_tracker_base_timeout=15.0, listen_host="127.0.0.1"),

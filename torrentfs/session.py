@@ -5,6 +5,11 @@ IPv6), owns the shared HTTP client for trackers, and runs every torrent's superv
 nursery (DESIGN.md §3 rule 1). Leaving the context stops every torrent (announcing `stopped`
 within a bounded time) and closes the listener.
 
+Start-up is on the path to the first piece (a download given its peers starts fetching at
+once): the HTTP client (importing httpx, loading the CA bundle: ~0.1 s of CPU) is built on first
+use, in a worker thread, while the peers are dialed; and a torrent none of whose files exists
+yet is not rechecked piece by piece.
+
 Limits enforced here: total peer connections, half-open (connecting) dials, and a handshake
 deadline for incoming connections, so strangers cannot exhaust us.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -85,9 +91,45 @@ class Session:
         self._half_open = trio.Semaphore(config.max_half_open)
         self._connections = trio.Semaphore(config.max_connections)
         self.listen_port = config.listen_port
-        self.http_client: Any = None
+        self._http_client: Any = None
+        self._http_lock = threading.Lock()
         self._listeners: list[trio.SocketListener] = []
         self.cache: DiskCache | None = None
+
+    # ------------------------------------------------------------------ HTTP client
+
+    @property
+    def http_client(self) -> Any:
+        """The session's one `httpx.AsyncClient` (trackers, web seeds), built on first use.
+
+        Prefer ``await get_http_client()`` from async code: it builds the client off the event
+        loop.
+        """
+        return self._build_http_client()
+
+    async def get_http_client(self) -> Any:
+        """The session's `httpx.AsyncClient`; the first call builds it in a worker thread."""
+        client = self._http_client
+        if client is None:
+            client = await trio.to_thread.run_sync(self._build_http_client)
+        return client
+
+    def _build_http_client(self) -> Any:
+        with self._http_lock:
+            if self._http_client is None:
+                import httpx
+
+                # Announce from the listen address when one is given, so trackers record where
+                # peers can reach us (several clients on one machine each have their own
+                # 127.0.0.x in tests).
+                host = self.config.listen_host
+                self._http_client = httpx.AsyncClient(
+                    follow_redirects=True,
+                    timeout=httpx.Timeout(15.0),
+                    trust_env=False,
+                    transport=httpx.AsyncHTTPTransport(local_address=host) if host else None,
+                )
+            return self._http_client
 
     # ------------------------------------------------------------------ listening
 
@@ -167,7 +209,7 @@ class Session:
             have = await recheck_pieces(store, metainfo)
         else:
             have = load_resume(resume_path, metainfo, root)
-            if not have.all():
+            if not have.all() and await store.has_data_files():
                 found = await recheck_pieces(store, metainfo, skip=have)
                 for i in found.iter_set():
                     have.set(i)
@@ -184,7 +226,7 @@ class Session:
             half_open=self._half_open,
             global_peers=self._connections,
             bind_host=self.config.listen_host,
-            http_client=self.http_client,
+            get_http_client=self.get_http_client,
         )
         if download_all:
             torrent.picker.set_download_all(True)
@@ -277,44 +319,35 @@ class Session:
 @asynccontextmanager
 async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
     """Start a session; leaving the block stops every torrent and the listener."""
-    import httpx
-
     config.download_dir.mkdir(parents=True, exist_ok=True)
     (config.state_dir / "resume").mkdir(parents=True, exist_ok=True)
-    # Announce from the listen address when one is given, so trackers record where peers can
-    # reach us (several clients on one machine each have their own 127.0.0.x in tests).
-    transport = (
-        httpx.AsyncHTTPTransport(local_address=config.listen_host) if config.listen_host else None
-    )
-    async with (
-        httpx.AsyncClient(
-            follow_redirects=True,
-            timeout=httpx.Timeout(15.0),
-            trust_env=False,
-            transport=transport,
-        ) as http_client,
-        trio.open_nursery() as nursery,
-    ):
-        session = Session(config, nursery)
-        session.http_client = http_client
-        await session._open_listeners()
-        if config.disk_cache:
-            session.cache = DiskCache(
-                config.download_dir,
-                config.cache_size,
-                rules=PinRules(config.pins),
-            )
-            await nursery.start(session.cache.run)
-        try:
-            yield session
-        finally:
-            for info_hash in [*session.magnets, *session.torrents]:
-                await session.remove_torrent(info_hash)
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                while session.torrents:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+    session: Session | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            session = Session(config, nursery)
+            await session._open_listeners()
+            if config.disk_cache:
+                session.cache = DiskCache(
+                    config.download_dir,
+                    config.cache_size,
+                    rules=PinRules(config.pins),
+                )
+                await nursery.start(session.cache.run)
+            try:
+                yield session
+            finally:
+                for info_hash in [*session.magnets, *session.torrents]:
+                    await session.remove_torrent(info_hash)
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    while session.torrents:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    finally:
+        client = session._http_client if session is not None else None
+        if client is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await client.aclose()
 
 
 def default_state_dir() -> Path:

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -203,11 +203,12 @@ class Torrent:
         half_open: trio.Semaphore | None = None,
         global_peers: trio.Semaphore | None = None,
         bind_host: str | None = None,
-        http_client: Any = None,
+        get_http_client: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.bind_host = bind_host
-        self.http_client = http_client
-        """The session's httpx.AsyncClient (web seeds); None: no web seeds."""
+        self._get_http_client = get_http_client
+        """Returns the session's httpx.AsyncClient (web seeds), built on first use; None: no
+        web seeds."""
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.geometry = metainfo.geometry
@@ -1111,7 +1112,7 @@ class Torrent:
 
     def add_web_seeds(self, urls: Iterable[str]) -> None:
         """HTTP(S) web seeds (``url-list``, magnet ``ws``): used once the torrent is active."""
-        if not self.config.web_seeds or self.http_client is None:
+        if not self.config.web_seeds or self._get_http_client is None:
             return
         known = {seed.url for seed in self.web_seeds}
         for raw in urls:
@@ -1125,7 +1126,11 @@ class Torrent:
             seed = WebSeed(url, self.metainfo, self.config.web_seed)
             self.web_seeds.append(seed)
             if self._active and self._nursery is not None:
-                self._nursery.start_soon(seed.run, self.http_client, self)
+                self._nursery.start_soon(self._run_web_seed, seed)
+
+    async def _run_web_seed(self, seed: WebSeed) -> None:
+        assert self._get_http_client is not None
+        await seed.run(await self._get_http_client(), self)
 
     def web_seed_available(self, seed: WebSeed, available: bool) -> None:
         if available:

@@ -25,10 +25,9 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from ..errors import TrackerError
@@ -43,6 +42,9 @@ from ..tracker import (
     udp_codec,
 )
 from ..types import PeerAddress
+
+if TYPE_CHECKING:
+    import httpx  # imported when an HTTP tracker is first asked (see `_http_get`)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -77,7 +79,7 @@ async def announce(
     url: str,
     req: AnnounceRequest,
     *,
-    http_client: httpx.AsyncClient,
+    http_client: httpx.AsyncClient | None,
     tracker_id: bytes | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     udp_connection: udp_codec.ConnectionId | None = None,
@@ -88,7 +90,8 @@ async def announce(
 ) -> AnnounceResponse:
     """Announce `req` to the tracker at `url` (``http``, ``https`` or ``udp``).
 
-    `http_client` is the session's one `httpx.AsyncClient` (connection pooling, TLS settings).
+    `http_client` is the session's one `httpx.AsyncClient` (connection pooling, TLS settings);
+    only HTTP(S) trackers need it.
     `tracker_id` is echoed to HTTP trackers that gave one. `udp_connection` carries a UDP
     tracker's connection id between announces (BEP 15 allows reuse for 60 s). `local_host`
     binds the UDP socket to our listen address, so the tracker records the address peers can
@@ -98,6 +101,8 @@ async def announce(
     try:
         with trio.fail_after(timeout):
             if scheme in ("http", "https"):
+                if http_client is None:
+                    raise TrackerError(f"{_redact(url)}: no HTTP client to announce with")
                 body, status = await _http_get(
                     http_client, http_codec.announce_url(url, req, tracker_id=tracker_id),
                     timeout, max_body,
@@ -181,6 +186,8 @@ async def _http_get(
     client: httpx.AsyncClient, url: str, timeout: float, max_body: int
 ) -> tuple[bytes, int]:
     """GET `url`, following redirects; the body is read up to `max_body` bytes."""
+    import httpx  # already imported by whoever built the client: a dict lookup
+
     try:
         async with client.stream(
             "GET", url, headers=_HEADERS, timeout=timeout, follow_redirects=True
@@ -585,7 +592,8 @@ def make_tracker_set(session: Any, torrent: Any) -> TrackerSet:
     """The `TrackerSet` of `torrent` in `session` (as `torrentfs.session` builds it).
 
     Duck-typed on purpose: net/ (L4) must not import the engine (L5). Uses
-    ``session.http_client``, ``session.peer_id``, ``session.listen_port``,
+    ``await session.get_http_client()`` (only when an HTTP(S) tracker is announced to: the
+    session builds its client on first use), ``session.peer_id``, ``session.listen_port``,
     ``session.config.udp_tracker_base_timeout``, ``session.config.listen_host`` (the source
     address of UDP announces), ``torrent.metainfo``, ``torrent.add_peers``
     and ``torrent.statistics()`` (uploaded, downloaded, total_size - verified_bytes).
@@ -599,6 +607,28 @@ def make_tracker_set(session: Any, torrent: Any) -> TrackerSet:
             left=max(s.total_size - s.verified_bytes, 0),
         )
 
+    get_http_client: Callable[[], Awaitable[httpx.AsyncClient]] = session.get_http_client
+    udp_retransmit_base = session.config.udp_tracker_base_timeout
+    local_host = session.config.listen_host
+
+    async def announcer(
+        url: str,
+        request: AnnounceRequest,
+        *,
+        tracker_id: bytes | None,
+        udp_connection: udp_codec.ConnectionId,
+    ) -> AnnounceResponse:
+        client = await get_http_client() if _scheme(url) != "udp" else None
+        return await announce(
+            url,
+            request,
+            http_client=client,
+            tracker_id=tracker_id,
+            udp_connection=udp_connection,
+            udp_retransmit_base=udp_retransmit_base,
+            local_host=local_host,
+        )
+
     return TrackerSet(
         torrent.metainfo.trackers,
         info_hash=torrent.metainfo.info_hash,
@@ -606,7 +636,5 @@ def make_tracker_set(session: Any, torrent: Any) -> TrackerSet:
         port=session.listen_port,
         get_stats=stats,
         on_peers=torrent.add_peers,
-        http_client=session.http_client,
-        udp_retransmit_base=session.config.udp_tracker_base_timeout,
-        local_host=session.config.listen_host,
+        announcer=announcer,
     )

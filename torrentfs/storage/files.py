@@ -286,6 +286,11 @@ class FileStore:
     async def piece_presence(self, piece: int) -> Presence:
         return await trio.to_thread.run_sync(self._presence, self._piece_runs(piece))
 
+    async def has_data_files(self) -> bool:
+        """Whether any data file of the torrent exists (one ``lstat`` per file, in one worker
+        thread hop): a torrent with none has nothing on disk to recheck."""
+        return await trio.to_thread.run_sync(self._has_data_files)
+
     async def sync(self) -> None:
         await trio.to_thread.run_sync(self._sync)
 
@@ -458,6 +463,13 @@ class FileStore:
                     self._release(handle)
             except OSError as exc:
                 raise _os_error(exc, f"writing {self._describe(run.file_index)}") from exc
+
+    def _has_data_files(self) -> bool:
+        return any(
+            stat_data_file(self.root, components) is not None
+            for components in self._components
+            if components is not None
+        )
 
     def _create_empty_files(self) -> None:
         for index, entry in enumerate(self._files):

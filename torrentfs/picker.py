@@ -603,6 +603,11 @@ class PiecePicker(Generic[P]):
         """Outstanding requests ``(piece, begin, length)`` of `peer`, oldest first."""
         return [(p, b * BLOCK_SIZE, self._block_len(p, b)) for p, b in self._reqs.get(peer, ())]
 
+    def is_requested(self, peer: P, piece: int, begin: int) -> bool:
+        """Whether the block at `begin` of `piece` is outstanding with `peer` (O(1))."""
+        preqs = self._reqs.get(peer)
+        return preqs is not None and (piece, begin // BLOCK_SIZE) in preqs
+
     def outstanding_of(self, peer: P) -> int:
         """Number of outstanding requests of `peer` (O(1): sizes its request pipeline)."""
         preqs = self._reqs.get(peer)

@@ -55,6 +55,16 @@ log = logging.getLogger(__name__)
 
 CLIENT_VERSION = "torrentfs 0.1"
 
+MAX_KNOWN_PEERS = 2000
+"""Candidate addresses kept per torrent (trackers, PEX, DHT); more are ignored until some are
+dropped, so a peer list of millions costs no memory (libtorrent keeps 3000)."""
+MAX_UNREQUESTED_BLOCKS = 2000
+"""Blocks in a row we did not ask a peer for (or asked long ago) before it is dropped: more than
+any honest peer sends after our cancels (our pipeline holds at most `max_pipeline` requests)."""
+LATE_BLOCKS_KEPT = 4096
+"""Requests per peer remembered after they timed out or a choke dropped them, so that a block
+arriving late is still accepted from the peer we asked (and never from one we did not)."""
+
 
 @dataclass
 class TorrentConfig:
@@ -150,6 +160,10 @@ class Peer:
         self.listen_port: int | None = None
         """From the BEP 10 handshake's ``p``: where an incoming peer can be dialled."""
         self.pex = pex.PexConnection()
+        self.unrequested = 0
+        """Blocks received in a row that we never asked this peer for (hostile-peer cap)."""
+        self.late_ok: set[tuple[int, int]] = set()
+        """(piece, begin) asked of this peer whose request expired or was dropped by a choke."""
 
     def __repr__(self) -> str:
         return f"<Peer {self.address}>"
@@ -238,6 +252,7 @@ class Torrent:
         self._active = False
         self._closed = False
         self._dial_wake = trio.Event()
+        self._dialing = 0
         self._verify_send, self._verify_recv = trio.open_memory_channel[
             tuple[int, bytearray, set[Peer | WebSeed]]
         ](8)
@@ -303,6 +318,8 @@ class Torrent:
                 continue
             if addr.port == self.listen_port and addr.host in ("127.0.0.1", "::1", "0.0.0.0"):
                 continue
+            if len(self.known) >= MAX_KNOWN_PEERS:
+                break
             self.known[addr] = 0.0
             added += 1
         if added:
@@ -529,7 +546,7 @@ class Torrent:
             connected = {p.address for p in self.peers}
             candidates = [a for a, t in self.known.items() if t <= now and a not in connected]
             self._rng.shuffle(candidates)
-            room = self.config.max_peers - len(self.peers)
+            room = self.config.max_peers - len(self.peers) - self._dialing
             for addr in candidates[: max(0, room)]:
                 self.known[addr] = now + 30.0 * (1 + self.failures.get(addr, 0))
                 assert self._nursery is not None
@@ -539,6 +556,16 @@ class Torrent:
         return self.picker.missing_wanted_count() > 0
 
     async def _dial(self, addr: PeerAddress) -> None:
+        self._dialing += 1
+        try:
+            conn_hs = await self._connect(addr)
+        finally:
+            self._dialing -= 1
+        if conn_hs is not None:
+            await self._run_peer(*conn_hs)
+
+    async def _connect(self, addr: PeerAddress) -> tuple[PeerConnection, Handshake] | None:
+        """Dial and handshake (bounded by `handshake_timeout`); None if that failed."""
         async with self._half_open:
             try:
                 with trio.fail_after(self.config.handshake_timeout):
@@ -548,7 +575,7 @@ class Torrent:
             except (OSError, trio.TooSlowError) as exc:
                 self.failures[addr] = self.failures.get(addr, 0) + 1
                 log.debug("%s: connect to %s failed: %s", self.metainfo.name, addr, exc)
-                return
+                return None
         conn = PeerConnection(stream, addr, outgoing=True)
         try:
             with trio.fail_after(self.config.handshake_timeout):
@@ -560,8 +587,8 @@ class Torrent:
             self.failures[addr] = self.failures.get(addr, 0) + 1
             log.debug("%s: handshake with %s failed: %s", self.metainfo.name, addr, exc)
             await conn.aclose()
-            return
-        await self._run_peer(conn, hs)
+            return None
+        return conn, hs
 
     def _local_address_for(self, host: str) -> str | None:
         """Dial from our listen address (same family only), so peers see where we listen."""
@@ -602,7 +629,7 @@ class Torrent:
             self.known.pop(conn.address, None)
             await conn.aclose()
             return
-        if conn.address.host in self.banned:
+        if conn.address.host in self.banned or len(self.peers) >= self.config.max_peers:
             await conn.aclose()
             return
         if self._global_peers is not None:
@@ -613,6 +640,7 @@ class Torrent:
                 return
         try:
             conn.start_protocol(self.metainfo.num_pieces, self.geometry.piece_size)
+            conn.send_timeout = self.config.idle_timeout
         except ProtocolError as exc:
             log.debug("%s: peer %s broke the protocol: %s", self.metainfo.name, conn.address, exc)
             if self._global_peers is not None:
@@ -705,10 +733,14 @@ class Torrent:
         piece_type = m.Piece
         store_block = self._store_block
         while True:
-            with trio.move_on_after(self.config.idle_timeout) as scope:
+            # Only a complete message resets the idle timer: a peer trickling one byte at a
+            # time (slowloris) is as idle as a silent one.
+            with trio.move_on_at(peer.last_received + self.config.idle_timeout) as scope:
                 events = await conn.receive_events()
+                while not events:
+                    events = await conn.receive_events()
             if scope.cancelled_caught:
-                raise ProtocolError("peer idle for too long")
+                raise ProtocolError("peer idle for too long (no complete message)")
             now = trio.current_time()
             peer.last_received = now
             received = 0
@@ -829,6 +861,7 @@ class Torrent:
                 # Nothing more wanted from this peer: withdraw what is still asked of it, so
                 # no request lingers if the peer then chokes us without rejecting it.
                 released = self.picker.release_requests(peer)
+                self._remember_late(peer, released)
                 if released:
                     peer.conn.queue(b"".join(m.encode(m.Cancel(*r)) for r in released))
             peer.conn.queue(m.encode(m.Interested() if interesting else m.NotInterested()))
@@ -867,7 +900,14 @@ class Torrent:
         peer.last_sent = now
 
     def _release_requests(self, peer: Peer) -> None:
-        self.picker.release_requests(peer)
+        self._remember_late(peer, self.picker.release_requests(peer))
+
+    @staticmethod
+    def _remember_late(peer: Peer, requests: list[tuple[int, int, int]]) -> None:
+        """Requests we stopped waiting for: their blocks are still accepted from `peer`."""
+        if len(peer.late_ok) + len(requests) > LATE_BLOCKS_KEPT:
+            peer.late_ok.clear()
+        peer.late_ok.update((piece, begin) for piece, begin, _length in requests)
 
     async def _on_block(
         self,
@@ -894,9 +934,23 @@ class Torrent:
         caller must then `await self._send_completed()` before anything else can run.
         """
         size = len(block)
+        # Web seeds only ever deliver what we picked for them (we make the HTTP request).
+        if isinstance(peer, Peer) and not self.picker.is_requested(peer, index, begin):
+            if (index, begin) in peer.late_ok:
+                peer.late_ok.discard((index, begin))
+            else:
+                # Never asked of this peer: ignored. Accepting it could mix a stranger's
+                # bytes into a piece an honest peer is sending, and a failed hash would
+                # then be blamed on both (an honest seeder banned by someone else's lie).
+                peer.unrequested += 1
+                if peer.unrequested > MAX_UNREQUESTED_BLOCKS:
+                    raise ProtocolError(f"{peer.unrequested} unrequested blocks in a row")
+                return 0
         result = self.picker.block_received(index, begin, peer, size)
         if not result.accepted:
-            return 0
+            return 0  # duplicate (endgame), no longer wanted or wrongly sized: no credit
+        if isinstance(peer, Peer):
+            peer.unrequested = 0
         for other in result.cancel_peers:
             if other in self.peers and other is not peer:
                 other.conn.queue(m.encode(m.Cancel(index, begin, size)))
@@ -1076,6 +1130,8 @@ class Torrent:
             expired = self.picker.expired_requests(now, self.config.request_timeout)
             for peer, piece, begin, length in expired:
                 peer.snubbed = True
+                if isinstance(peer, Peer):
+                    self._remember_late(peer, [(piece, begin, length)])
                 if isinstance(peer, Peer) and peer in self.peers:
                     peer.conn.queue(m.encode(m.Cancel(piece, begin, length)))
             for peer in list(self.peers):

@@ -10,8 +10,9 @@ once): the HTTP client (importing httpx, loading the CA bundle: ~0.1 s of CPU) i
 use, in a worker thread, while the peers are dialed; and a torrent none of whose files exists
 yet is not rechecked piece by piece.
 
-Limits enforced here: total peer connections, half-open (connecting) dials, and a handshake
-deadline for incoming connections, so strangers cannot exhaust us.
+Limits enforced here: total peer connections, half-open (connecting) dials, incoming connections
+still handshaking (`max_pending_handshakes`), and a handshake deadline for incoming connections,
+so strangers cannot exhaust us.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class SessionConfig:
     trackers: bool = True
     max_connections: int = 200
     max_half_open: int = 16
+    max_pending_handshakes: int = 64
+    """Incoming connections still handshaking; more are closed at once (connection floods)."""
     handshake_timeout: float = 10.0
     torrent: TorrentConfig = field(default_factory=TorrentConfig)
     recheck: bool = False
@@ -90,6 +93,7 @@ class Session:
         self._nursery = nursery
         self._half_open = trio.Semaphore(config.max_half_open)
         self._connections = trio.Semaphore(config.max_connections)
+        self._handshaking = 0
         self.listen_port = config.listen_port
         self._http_client: Any = None
         self._http_lock = threading.Lock()
@@ -157,19 +161,32 @@ class Session:
                     log.warning("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
+                if self._handshaking >= self.config.max_pending_handshakes:
+                    log.debug("too many incoming handshakes pending; closing a new connection")
+                    await stream.aclose()
+                    continue
+                self._handshaking += 1
                 self._nursery.start_soon(self._incoming, stream)
 
     async def _incoming(self, stream: trio.SocketStream) -> None:
-        sockname = stream.socket.getpeername()
-        addr = PeerAddress(str(sockname[0]), int(sockname[1]))
-        conn = PeerConnection(stream, addr, outgoing=False)
         try:
-            with trio.fail_after(self.config.handshake_timeout):
-                hs = await conn.receive_handshake()
-        except (TorrentfsError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            log.debug("incoming %s: handshake failed: %s", addr, exc)
-            await conn.aclose()
-            return
+            try:
+                sockname = stream.socket.getpeername()
+            except OSError as exc:  # already gone (connection churn): nothing to answer
+                log.debug("incoming connection closed before its handshake: %s", exc)
+                await stream.aclose()
+                return
+            addr = PeerAddress(str(sockname[0]), int(sockname[1]))
+            conn = PeerConnection(stream, addr, outgoing=False)
+            try:
+                with trio.fail_after(self.config.handshake_timeout):
+                    hs = await conn.receive_handshake()
+            except (TorrentfsError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                log.debug("incoming %s: handshake failed: %s", addr, exc or type(exc).__name__)
+                await conn.aclose()
+                return
+        finally:
+            self._handshaking -= 1
         torrent = self.torrents.get(hs.info_hash)
         if torrent is None or not torrent.accept(conn, hs):
             await conn.aclose()

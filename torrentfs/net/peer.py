@@ -5,7 +5,9 @@ Guarantees (DESIGN.md §3 rule 2):
 - everything sent goes through a bounded outbox: `queue()` never blocks the caller and raises
   `ProtocolError(remote=True)` when the peer does not drain what we send (so a slow or stalled peer
   loses its own connection and never stalls the engine);
-- every wait is bounded: the handshake has a deadline, and the owner bounds idle reads;
+- every wait is bounded: the handshake has a deadline, the owner bounds idle reads, and a send
+  that makes no progress for `send_timeout` seconds (the peer stopped reading but keeps its
+  connection open) aborts the connection;
 - reads use large receive buffers (DESIGN.md §3 rule 10) and framing lives in the sans-IO
   `wire.protocol.PeerProtocol` (BEP 3), in its zero-copy mode: the blocks of the `Piece` events
   returned by `receive_events` are views of the receive buffer, valid until the next
@@ -14,6 +16,7 @@ Guarantees (DESIGN.md §3 rule 2):
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable, Sequence
 
@@ -30,6 +33,8 @@ MAX_RECEIVE_SIZE = 1024 * 1024
 and receive calls per MiB (each costs more CPU than copying 256 KiB)."""
 OUTBOX_LIMIT = 16 * 1024 * 1024
 """Bytes queued to one peer before we decide it does not read what we send."""
+SEND_CHUNK = 256 * 1024
+"""Largest single write: each must finish within `send_timeout` (a progress deadline)."""
 
 
 def tune_socket(stream: trio.SocketStream) -> None:
@@ -62,6 +67,8 @@ class PeerConnection:
         self._rbuf = bytearray(RECEIVE_SIZE // 4)
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.send_timeout = math.inf
+        """Seconds one write of at most `SEND_CHUNK` bytes may take before the peer is dropped."""
         tune_socket(stream)
 
     # -- handshake (BEP 3) -------------------------------------------------------------------
@@ -161,7 +168,13 @@ class PeerConnection:
                 size = self._outbox_bytes
                 self._outbox_bytes = 0
                 payload = b"".join(chunk) if len(chunk) > 1 else chunk[0]
-                await self.stream.send_all(payload)
+                view = memoryview(payload)
+                for start in range(0, len(view), SEND_CHUNK):
+                    with trio.move_on_after(self.send_timeout) as scope:
+                        await self.stream.send_all(view[start : start + SEND_CHUNK])
+                    if scope.cancelled_caught:
+                        self.abort("peer does not read what we send")
+                        raise ProtocolError(self.failure or "send stalled")
                 self.bytes_sent += size
 
     async def aclose(self) -> None:

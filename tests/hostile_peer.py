@@ -15,7 +15,8 @@ What a test can observe afterwards:
   EOF or reset while the script read or wrote), ``refused`` (closed before the engine answered
   our handshake);
 * ``requests``: every ``request`` the engine sent (index, begin, length), in order;
-* ``received``: counts of every message id the engine sent.
+* ``received``: counts of every message id the engine sent;
+* ``engine_extensions``: the extensions the engine announced (BEP 10 ``m``).
 
 Everything is bounded: reads take a timeout, and ``HostilePeer`` tasks live in the caller's
 nursery (DESIGN.md §3 rule 1).
@@ -29,6 +30,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import fastbencode
 import trio
 
 from torrentfs.wire import handshake as hs
@@ -107,6 +109,9 @@ class HostileConnection:
         self.peer.received[frame.msg_id] += 1
         if frame.msg_id == m.REQUEST:
             self.peer.requests.append(struct.unpack(">III", frame.payload))
+        elif frame.msg_id == m.EXTENDED and frame.payload[:1] == b"\0":
+            announced = fastbencode.bdecode(frame.payload[1:]).get(b"m", {})
+            self.peer.engine_extensions = {k.decode(): v for k, v in announced.items() if v}
         return frame
 
     async def receive_until(self, msg_id: int, timeout: float = 10.0) -> Frame:
@@ -155,6 +160,8 @@ class HostilePeer:
         self.closed_by_remote = 0
         self.refused = 0
         self.requests: list[tuple[int, int, int]] = []
+        self.engine_extensions: dict[str, int] = {}
+        """The ``m`` dict of the engine's extended handshake (BEP 10): what it decodes."""
         self.received: collections.Counter[int | str | None] = collections.Counter()
         self.script_errors: list[BaseException] = []
         self._closed_event = trio.Event()

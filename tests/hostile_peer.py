@@ -13,7 +13,7 @@ What a test can observe afterwards:
 
 * ``connections`` (accepted or dialled), ``closed_by_remote`` (connections the engine ended:
   EOF or reset while the script read or wrote), ``refused`` (closed before the engine answered
-  our handshake);
+  our handshake), ``strangers`` (connections from other addresses turned away);
 * ``requests``: every ``request`` the engine sent (index, begin, length), in order;
 * ``received``: counts of every message id the engine sent;
 * ``engine_extensions``: the extensions the engine announced (BEP 10 ``m``).
@@ -159,6 +159,7 @@ class HostilePeer:
         self.connections = 0
         self.closed_by_remote = 0
         self.refused = 0
+        self.strangers = 0
         self.requests: list[tuple[int, int, int]] = []
         self.engine_extensions: dict[str, int] = {}
         """The ``m`` dict of the engine's extended handshake (BEP 10): what it decodes."""
@@ -203,16 +204,30 @@ class HostilePeer:
             raise
 
     async def serve(
-        self, script: Script, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        script: Script,
+        only_from: str | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on `host` (port 0) and run `script` for every connection the engine makes."""
+        """Listen on `host` (port 0) and run `script` for every connection the engine makes.
+
+        With `only_from`, connections from any other address are closed at once and counted in
+        `strangers` (the honest seeder may learn our address through the engine's PEX).
+        """
         listeners = await trio.open_tcp_listeners(0, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
+
+        async def handle(stream: trio.SocketStream) -> None:
+            if only_from is not None and stream.socket.getpeername()[0] != only_from:
+                self.strangers += 1
+                await stream.aclose()
+                return
+            await self._run(stream, script)
+
         async with trio.open_nursery() as nursery:
             task_status.started()
-            await trio.serve_listeners(
-                lambda s: self._run(s, script), listeners, handler_nursery=nursery
-            )
+            await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 
     async def dial(self, host: str, port: int, script: Script) -> None:
         """Connect to the engine from our own address and run `script`."""

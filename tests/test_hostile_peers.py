@@ -204,7 +204,7 @@ async def against(
         engine(tmp_path, swarm, config, **session) as (s, torrent),
     ):
         if script is not None:
-            await nursery.start(peer.serve, script)
+            await nursery.start(peer.serve, script, s.config.listen_host)
             torrent.add_peers([PeerAddress(*peer.address)], "test")
         yield Case(peer, s, torrent, nursery)
         nursery.cancel_scope.cancel()

@@ -41,9 +41,8 @@ import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
 import trio
 
 from torrentfs import bencode
@@ -51,6 +50,11 @@ from torrentfs.errors import BencodeError, TorrentfsError
 from torrentfs.metainfo import Metainfo
 from torrentfs.rate import RateMeter
 from torrentfs.types import BLOCK_SIZE
+
+if TYPE_CHECKING:
+    # Imported where a web seed is first fetched from: every torrent imports this module, and
+    # httpx costs ~40 ms of start-up that a download from peers alone does not need.
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +274,8 @@ async def _read_body(response: httpx.Response, size: int) -> bytearray:
 
 async def fetch_range(client: httpx.AsyncClient, r: FileRange, config: WebSeedConfig) -> bytes:
     """Exactly the bytes of `r`, or `WebSeedError` (within `config.timeout` seconds)."""
+    import httpx  # already imported by whoever built `client`: a dict lookup
+
     if r.url is None:
         return bytes(r.length)
     headers = {

@@ -320,6 +320,10 @@ async def test_xattrs(env: tuple[FsOperations, FakeSession, Metainfo]) -> None:
     assert values["status"] == b"downloading"
     assert await ops.getxattr(top.st_ino, b"user.torrentfs.progress", CTX) == b"0.6667"
     assert await fuse_errno(ops.getxattr(a.st_ino, b"user.other", CTX)) == pyfuse3.ENOATTR
+    # Namespaces torrentfs has none of: ENOTSUP, so ls -l stops asking (even for a bad inode).
+    for name in (b"security.selinux", b"system.posix_acl_access", b"trusted.x"):
+        assert await fuse_errno(ops.getxattr(a.st_ino, name, CTX)) == errno.EOPNOTSUPP
+        assert await fuse_errno(ops.getxattr(999_999, name, CTX)) == errno.EOPNOTSUPP
     assert await fuse_errno(ops.getxattr(ROOT_INODE, b"user.torrentfs.peers", CTX)) == (
         pyfuse3.ENOATTR
     )

@@ -3,8 +3,9 @@
 `main_mount(argv)` parses the options, then runs one trio nursery holding the engine session,
 the metainfo folder watcher and the FUSE mount (DESIGN.md §1). Nothing else knows all the parts.
 
-Shutdown (SIGINT, SIGTERM, or ``fusermount3 -u`` from outside) is ordered so that it always ends
-within a few seconds, even with readers blocked on a silent swarm (DESIGN.md §3 rule 4):
+Shutdown (SIGINT, SIGTERM, or ``fusermount3 -u``/``-uz`` from outside) is ordered so that it
+always ends within a few seconds, even with readers blocked on a silent swarm (DESIGN.md §3
+rule 4):
 
 1. stop accepting reads, and end every read in flight with ``EIO`` (`FsOperations.shutdown`);
 2. end the FUSE loop (bounded: cancelled after a short grace);
@@ -14,6 +15,11 @@ within a few seconds, even with readers blocked on a silent swarm (DESIGN.md §3
 
 The mount is detached before the engine stops because the engine's shutdown may wait up to
 5 s for trackers, and the unmount must not; readers were already answered in step 1.
+
+A plain ``fusermount3 -u`` fails with ``EBUSY`` (the kernel's answer) while any file is open,
+e.g. by a blocked reader; ``fusermount3 -uz`` detaches at once but leaves the FUSE connection up
+until the last file is closed. `_on_detach` notices the mount point leaving the mount table
+(`wait_detached`) and runs the same shutdown, so blocked readers get ``EIO`` within a second.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from torrentfs.budget import DiskCache
 from torrentfs.daemon import Readiness, daemonize, report_status
 from torrentfs.errors import TorrentfsError, TorrentRemoved
 from torrentfs.eviction import parse_pin_value, readahead_cap
-from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount
+from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount, wait_detached
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
 from torrentfs.magnet_handle import MagnetHandle, supersede_magnet
@@ -341,6 +347,7 @@ async def run_mount(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_on_signals, ops, mount, ready)
+                nursery.start_soon(_on_detach, ops, mount, ready)
 
                 async def serve() -> None:
                     nonlocal status
@@ -374,10 +381,23 @@ async def _on_signals(ops: FsOperations, mount: Mount, ready: Readiness) -> None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
-            ready.stopping()
-            ops.shutdown()
-            await ops.wait_drained()
-            mount.terminate()
+            await _stop_serving(ops, mount, ready)
+
+
+async def _on_detach(ops: FsOperations, mount: Mount, ready: Readiness) -> None:
+    await wait_detached(mount.mountpoint)
+    if mount.terminated:
+        return
+    log.info("%s was detached from outside: shutting down", mount.mountpoint)
+    await _stop_serving(ops, mount, ready)
+
+
+async def _stop_serving(ops: FsOperations, mount: Mount, ready: Readiness) -> None:
+    """Blocked readers get ``EIO`` (and the kernel's retries of them), then the loop ends."""
+    ready.stopping()
+    ops.shutdown()
+    await ops.wait_drained()
+    mount.terminate()
 
 
 def _setup_logging(verbose: int, *, syslog: bool = False) -> None:

@@ -11,6 +11,12 @@ Guarantees, and why:
   grace if a handler does not end by itself, and `Mount.unmount` detaches lazily (libfuse's
   ``fusermount3 -uz`` / ``umount2(MNT_DETACH)``), so blocked readers can never keep the process
   alive. An unmount from outside (``fusermount3 -u``) ends `Mount.serve` normally.
+* **A lazy unmount from outside is noticed.** The kernel refuses a plain ``fusermount3 -u``
+  with ``EBUSY`` while a file is open (a reader blocked on a silent swarm holds one), and after
+  ``fusermount3 -uz`` it keeps the FUSE connection alive until the last file is closed, so the
+  FUSE loop never learns of it. `wait_detached` watches the mount table instead (``POLLPRI`` on
+  ``/proc/self/mountinfo``, which the kernel raises on every mount or unmount, with a slow poll
+  as a fallback) and returns once the mount point is gone; the app then shuts down.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 FIXED_OPTIONS = frozenset({"fsname=torrentfs", "subtype=torrentfs", "ro"})
 TERMINATE_GRACE = 2.0
 """Seconds handlers get to finish after `Mount.terminate` before the loop is cancelled."""
+DETACH_POLL = 2.0
+"""`wait_detached` re-reads the mount table at least this often (if ``POLLPRI`` never came)."""
 
 
 class MountError(TorrentfsError):
@@ -200,7 +209,38 @@ class Mount:
         log.info("unmounted %s", self.mountpoint)
 
 
+async def wait_detached(mountpoint: Path, *, fallback: float = DETACH_POLL) -> None:
+    """Return once ``mountpoint`` is no longer in this namespace's mount table.
+
+    Sleeps on ``POLLPRI`` of ``/proc/self/mountinfo`` (raised by the kernel on every mount
+    change; trio waits on an epoll set holding it) and re-reads the table on each change, and
+    every ``fallback`` seconds in case the event never comes. Never touches the path itself.
+    """
+    watch: select.epoll | None = None
+    table: int | None = None
+    try:
+        table = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        watch = select.epoll()
+        watch.register(table, select.EPOLLPRI | select.EPOLLERR)
+    except OSError as exc:
+        log.debug("cannot watch the mount table (%s); polling it", exc)
+    try:
+        while is_mounted(mountpoint):
+            with trio.move_on_after(fallback):
+                if watch is None:
+                    await trio.sleep_forever()
+                await trio.lowlevel.wait_readable(watch.fileno())
+                watch.poll(0)  # consume the event (it may already be consumed: harmless)
+            await trio.sleep(0.05)  # a storm of mount changes costs at most 20 reads a second
+    finally:
+        if watch is not None:
+            watch.close()
+        if table is not None:
+            os.close(table)
+
+
 __all__ = [
+    "DETACH_POLL",
     "FIXED_OPTIONS",
     "Mount",
     "MountError",
@@ -208,4 +248,5 @@ __all__ = [
     "fuse_options",
     "is_mounted",
     "lazy_unmount",
+    "wait_detached",
 ]

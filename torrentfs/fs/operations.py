@@ -19,6 +19,8 @@ Guarantees, and why (DESIGN.md §3 rules 3-5):
 * **Visible state:** extended attributes ``user.torrentfs.{infohash,progress,peers,
   download_rate,magnet,status}`` on every entry of a torrent, listed by ``listxattr`` so
   ``getfattr -d`` shows them.
+  Other namespaces (``security.selinux``, ACLs) are refused with ``ENOTSUP`` before any
+  lookup, so ``ls -l`` stops asking for them (60,000 files: two round trips, not 120,000).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ XATTR_PREFIX = "user.torrentfs."
 XATTRS = ("infohash", "progress", "peers", "download_rate", "magnet", "status", "pin")
 ROOT_STATUS = XATTR_PREFIX + "status"
 """On the root: the mount's status document, JSON (`torrentfs.status`), paged as ``.1``..."""
+_XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
+_NO_NS = errno.EOPNOTSUPP
+"""getxattr of ``security.*``, ``system.*`` (ACLs), ``trusted.*``: namespaces torrentfs has
+none of. ``ENOTSUP`` rather than ``ENODATA`` lets ``ls -l`` (coreutils) remember that for the
+whole file system after the first file, instead of asking twice per file (a FUSE round trip
+each, which the kernel never caches)."""
 
 ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (ReadTimeout, errno.EIO),
@@ -458,6 +466,8 @@ class FsOperations(pyfuse3.Operations):
 
     @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(_XATTR_PREFIX_BYTES):  # before any lookup: `ls -l` asks per file
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if name.startswith(b"user.") else _NO_NS)
         node = self._node(inode)
         key = name.decode("utf-8", "replace")
         if inode == ROOT_INODE and self.status is not None and key.startswith(ROOT_STATUS):

@@ -6,6 +6,7 @@ third-party peers on their own loopback addresses, inside the test network names
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -141,6 +142,55 @@ def test_seed_to_libtorrent_leecher(
     assert proc.returncode == 0, _tail(tmp_path / "seed.log")
 
 
+@pytest.mark.parametrize("data", ["missing", "empty"])
+def test_seed_without_the_data_is_one_line_and_status_2(
+    data: str, tmp_path: Path, multi_payload: Payload
+) -> None:
+    torrent = make_torrent(multi_payload.root, tmp_path / "t.torrent", piece_length=65536)
+    empty = tmp_path / "data"
+    if data == "empty":  # the directory is there, its files are not
+        (empty / multi_payload.root.name).mkdir(parents=True)
+    host = next_loopback()
+    proc = _run_ours(
+        ["seed", str(torrent.path), "--data", str(empty), "--listen", f"{host}:0",
+         "--no-dht", "--no-trackers", "--state-dir", str(tmp_path / "state")],
+        tmp_path / "seed.log",
+    )  # fmt: skip
+    try:
+        assert proc.wait(timeout=60) == 2
+    finally:
+        stop_process(proc)
+    lines = (tmp_path / "seed.log").read_text().strip().splitlines()
+    assert lines[-1].startswith("torrentfs: ") and str(empty) in lines[-1], lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_download_ends_with_one_line_on_a_storage_failure(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory
+) -> None:
+    payload = make_payload(tmp_path / "src", 2 * 1024 * 1024, seed=3)
+    torrent = make_torrent(payload.root, tmp_path / "t.torrent", trackers=[tracker.http_url])
+    tracker.allow(torrent.info_hash)
+    lt_seeder_factory(torrent, payload.root.parent)
+    tracker.wait_seeders(torrent.info_hash, 1)
+    out = tmp_path / "out"
+    (out / payload.root.name).mkdir(parents=True)  # where the file goes: cannot be written
+    host = next_loopback()
+    proc = _run_ours(
+        ["download", str(torrent.path), "-o", str(out), "--listen", f"{host}:0", "--no-dht",
+         "--state-dir", str(tmp_path / "state")],
+        tmp_path / "dl.log",
+    )  # fmt: skip
+    try:
+        assert proc.wait(timeout=120) == 1, _tail(tmp_path / "dl.log")
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "dl.log").read_text()
+    said = [line for line in log.splitlines() if line.startswith("torrentfs: ")]
+    assert len(said) == 1 and said[0].startswith(f"torrentfs: {payload.root.name}: "), log
+    assert "Traceback" not in log
+
+
 def _corrupt_copy(payload: Payload, dest: Path) -> Path:
     """A copy of the payload with every 4th 32 KiB block flipped (a lying seeder's data)."""
     target = dest / payload.root.name
@@ -216,15 +266,29 @@ def _verified_bytes_on_disk(torrent: TorrentFile, payload: Payload, out: Path) -
     return good
 
 
+def _claimed_pieces(state: Path, torrent: TorrentFile) -> int:
+    """How many pieces the resume state file claims (0 while there is none)."""
+    path = state / "resume" / f"{torrent.info_hash.hex()}.resume"
+    try:
+        pieces = base64.b64decode(json.loads(path.read_bytes())["pieces"])
+    except (OSError, ValueError):
+        return 0
+    return sum(bin(b).count("1") for b in pieces)
+
+
 def test_sigkill_mid_download_resumes_without_refetching(
     tmp_path: Path, tracker: Opentracker, lt_seeder_factory
 ) -> None:
-    payload = make_payload(tmp_path / "src", 24 * 1024 * 1024, seed=5)
+    """SIGKILL after a resume save and after more pieces were verified: the restart trusts
+    nothing blindly (the file changed since the save), hashes what is on disk in the
+    background, and downloads none of the verified pieces again."""
+    plen = 65536
+    payload = make_payload(tmp_path / "src", 32 * 1024 * 1024, seed=5)
     torrent = make_torrent(
-        payload.root, tmp_path / "t.torrent", trackers=[tracker.http_url], piece_length=65536
+        payload.root, tmp_path / "t.torrent", trackers=[tracker.http_url], piece_length=plen
     )
     tracker.allow(torrent.info_hash)
-    lt_seeder_factory(torrent, payload.root.parent, extra_args=["--upload-limit", "4000000"])
+    lt_seeder_factory(torrent, payload.root.parent, extra_args=["--upload-limit", "2000000"])
     tracker.wait_seeders(torrent.info_hash, 1)
     out = tmp_path / "out"
     state = tmp_path / "state"
@@ -237,22 +301,37 @@ def test_sigkill_mid_download_resumes_without_refetching(
         tmp_path / "first.log",
     )  # fmt: skip
     target = out / payload.root.name
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if target.exists() and os.stat(target).st_blocks * 512 >= 6 * 1024 * 1024:
-            break
+
+    def saved_then_more() -> bool:  # a resume save, then 1 MiB more verified data on disk
+        claimed = _claimed_pieces(state, torrent)
+        return claimed > 0 and os.stat(target).st_blocks * 512 >= (claimed + 16) * plen
+
+    deadline = time.monotonic() + 120
+    while not saved_then_more():
+        assert time.monotonic() < deadline, _tail(tmp_path / "first.log")
         assert proc.poll() is None, _tail(tmp_path / "first.log")
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    claimed = _claimed_pieces(state, torrent)
     verified_before = _verified_bytes_on_disk(torrent, payload, out)
-    assert 0 < verified_before < payload.total_size
+    assert claimed * plen < verified_before < payload.total_size
     stats = _download(torrent, out, state, tmp_path / "second.log")
     assert_same_tree(payload, out)
     downloaded = int(stats["downloaded"])  # type: ignore[call-overload]
+    resumed = int(stats["pieces_resumed"])  # type: ignore[call-overload]
+    found = int(stats["pieces_found_at_start"])  # type: ignore[call-overload]
+    hashed = int(stats["pieces_hashed_at_start"])  # type: ignore[call-overload]
+    print(
+        f"killed with {claimed} pieces saved, {verified_before // plen} verified on disk; "
+        f"restart: {resumed} trusted from resume, {hashed} hashed, {found} found, "
+        f"{downloaded / plen:.0f} pieces downloaded"
+    )
     assert downloaded <= payload.total_size - verified_before, (
         f"re-downloaded verified data: {downloaded} > {payload.total_size} - {verified_before}"
     )
+    assert (resumed + found) * plen >= verified_before  # every verified piece reused
+    assert hashed <= torrent.num_pieces - resumed  # never re-hashed what resume vouched for
 
 
 # --------------------------------------------------------------------------- a rude peer

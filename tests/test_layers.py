@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "metadata_fetch": 5,
     "magnet_handle": 5,
     "budget": 5,
+    "stored_check": 5,
     # L6 edges
     "fs": 6,
     "watch": 6,

@@ -522,6 +522,7 @@ class PickerMachine(RuleBasedStateMachine):
         self.wants: dict[int, tuple[int, int, Priority]] = {}
         self.download_all = False
         self.received: set[tuple[int, int]] = set()
+        self.held: set[int] = set()
         self.now = 0.0
 
     def wanted(self) -> set[int]:
@@ -588,6 +589,17 @@ class PickerMachine(RuleBasedStateMachine):
         self.pp.set_download_all(enabled)
         self.download_all = enabled
 
+    @rule(pieces=st.sets(st.integers(0, 9)))
+    def hold(self, pieces: set[int]) -> None:
+        pieces = {p for p in pieces if p < self.n}
+        self.pp.hold(pieces)
+        self.held |= {p for p in pieces if p not in self.have and p not in self.pp._blocks}
+
+    @rule(pieces=st.sets(st.integers(0, 9)))
+    def unhold(self, pieces: set[int]) -> None:
+        self.pp.unhold(p for p in pieces if p < self.n)
+        self.held -= pieces
+
     @rule(dt=st.floats(0, 3))
     def tick(self, dt: float) -> None:
         self.now += dt
@@ -601,6 +613,7 @@ class PickerMachine(RuleBasedStateMachine):
         wanted = self.wanted()
         for piece, begin, length in out:
             assert piece not in self.have
+            assert piece not in self.held
             assert piece in wanted
             assert piece in self.peer_pieces.get(peer, set())
             assert (piece, begin) not in self.received
@@ -658,7 +671,7 @@ class PickerMachine(RuleBasedStateMachine):
         for peer in PEERS:
             self.pick(peer, 10**6)
         requested = {(p, b) for _, p, b in self.outstanding()}
-        for piece in self.wanted() - self.have:
+        for piece in self.wanted() - self.have - self.held:
             if any(piece in s for s in self.peer_pieces.values()):
                 for b in range(self.block_count(piece)):
                     key = (piece, b * BLOCK_SIZE)

@@ -26,6 +26,7 @@ from torrentfs.storage import (
     recheck,
     resume_path,
 )
+from torrentfs.storage.resume import load_resume_state
 
 PAD = "<pad>"
 
@@ -396,3 +397,41 @@ async def test_recheck_with_memory_store() -> None:
     await store.write_piece(2, piece_data(m, data, 2))
     await store.write_piece(3, piece_data(m, data, 2)[:PIECE])  # wrong data for piece 3
     assert await recheck(store, m, concurrency=1) == bits(m, [2])
+
+
+async def test_load_resume_state_says_when_nothing_needs_rewriting(tmp_path: Path) -> None:
+    m, _, store = await download(tmp_path)
+    path = tmp_path / "r.resume"
+    missing = load_resume_state(path, m, tmp_path / "dl")
+    assert missing.clean and not missing.verified.any()  # no file: nothing to write either
+    writer = ResumeWriter(path, m, tmp_path / "dl", bits(m, range(m.num_pieces)))
+    await writer.flush(store)
+    await store.aclose()
+    same = load_resume_state(path, m, tmp_path / "dl")
+    assert same.clean and same.verified.all() and same.saved_stats() == same.stats
+    d = tmp_path / "dl" / "t" / "d"
+    os.utime(d, ns=(os.stat(d).st_atime_ns, os.stat(d).st_mtime_ns + 1))
+    moved = load_resume_state(path, m, tmp_path / "dl")
+    assert not moved.clean and moved.saved_stats() is None
+    assert moved.verified == bits(m, [0, 1, 2, 3])
+    path.write_text("garbage")
+    assert not load_resume_state(path, m, tmp_path / "dl").clean
+
+
+async def test_a_writer_started_from_a_clean_state_writes_nothing_until_a_change(
+    tmp_path: Path,
+) -> None:
+    m, _, store = await download(tmp_path, [0, 4])
+    path = tmp_path / "r.resume"
+    first = ResumeWriter(path, m, tmp_path / "dl", bits(m, [0]))
+    await first.flush(store)
+    before = os.stat(path).st_mtime_ns, path.read_bytes()
+    state = load_resume_state(path, m, tmp_path / "dl")
+    idle = ResumeWriter(path, m, tmp_path / "dl", state.verified, saved=state.saved_stats())
+    assert not idle.should_flush(1e9)
+    await idle.flush(store)  # an idle torrent: no write, no fsync
+    assert idle.flush_count == 0 and (os.stat(path).st_mtime_ns, path.read_bytes()) == before
+    idle.mark_verified(4)
+    await idle.flush(store)
+    assert load_resume(path, m, tmp_path / "dl") == bits(m, [0, 4])
+    await store.aclose()

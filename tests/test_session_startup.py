@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import fastbencode
 import pytest
 import trio
 
-import torrentfs.storage.resume
 from torrentfs.metainfo import Metainfo, parse_metainfo
 from torrentfs.session import SessionConfig, open_session
+from torrentfs.storage.base import Presence
 from torrentfs.storage.files import FileStore
 
 PIECE = 16384
@@ -69,13 +70,13 @@ async def test_recheck_only_when_data_files_exist(
         await store.write_piece(2, data[2 * PIECE : 3 * PIECE])
         await store.aclose()
     calls: list[int] = []
-    real = torrentfs.storage.resume.recheck
+    real = FileStore.pieces_presence
 
-    async def counting_recheck(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return await real(*args, **kwargs)  # type: ignore[arg-type]
+    async def counting_scan(self: FileStore, pieces: Sequence[int]) -> dict[int, Presence]:
+        calls.append(1)  # the stored-data check's scan (torrentfs.stored_check)
+        return await real(self, pieces)
 
-    monkeypatch.setattr(torrentfs.storage.resume, "recheck", counting_recheck)
+    monkeypatch.setattr(FileStore, "pieces_presence", counting_scan)
     async with open_session(config(tmp_path)) as session:
         t = await session.add_torrent(m)
         assert len(calls) == int(on_disk)

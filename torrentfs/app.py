@@ -225,7 +225,8 @@ class Library:
             if item.key in self.session.magnets:  # the .torrent supersedes the magnet
                 self.ops.remove_torrent(item.key)
                 supersede_magnet(self.session, item.key)
-            await self.session.add_torrent(item.metainfo)
+            # Shown at once: data found on disk is hashed behind it (readers' pieces first).
+            await self.session.add_torrent(item.metainfo, wait_checked=False)
             self.ops.add_torrent(item.metainfo)
             return
         assert item.magnet is not None

@@ -147,6 +147,25 @@ async def _report_progress(torrent: Torrent, interval: float) -> None:
             print(line, file=sys.stderr, flush=True)
 
 
+def _check_stats(session: Session, torrent: Torrent) -> dict[str, int]:
+    """How the start found verified data: resume state, then hashing what else was on disk."""
+    check = session.checks.get(torrent.info_hash)
+    if check is None:
+        return {}
+    return {
+        "pieces_resumed": check.trusted,
+        "pieces_hashed_at_start": check.hashed,
+        "pieces_found_at_start": check.found,
+    }
+
+
+async def _until_error(torrent: Torrent, scope: trio.CancelScope) -> None:
+    """A storage (or internal) error ends the download (disk full, data dir unwritable...)."""
+    while torrent.error is None:
+        await trio.sleep(0.25)
+    scope.cancel()
+
+
 async def _wait_for_signal() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -226,11 +245,15 @@ async def run_download(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(interrupted)
+            nursery.start_soon(_until_error, torrent, nursery.cancel_scope)
             await torrent.wait_complete()
             nursery.cancel_scope.cancel()
         if sys.stderr.isatty():
             print(file=sys.stderr)
         if not torrent.complete:
+            if torrent.error is not None:
+                print(f"torrentfs: {metainfo.name}: {torrent.error}", file=sys.stderr)
+                return 1
             print("torrentfs: download interrupted", file=sys.stderr)
             return 130
         elapsed = time.monotonic() - wall0
@@ -273,6 +296,7 @@ async def run_download(args: argparse.Namespace) -> int:
                         "bytes": stats.total_size,
                         "downloaded": stats.downloaded,
                         "hash_failures": stats.hash_failures,
+                        **_check_stats(session, torrent),
                         "cpu_seconds": usage.ru_utime + usage.ru_stime,
                         "peak_rss_bytes": usage.ru_maxrss * 1024,
                     }
@@ -286,9 +310,15 @@ async def run_seed(args: argparse.Namespace) -> int:
     metainfo = load_torrent_file(args.torrent)
     data: Path = args.data
     config = session_config(args, data)
+    content = data / metainfo.name
+    if not content.exists():
+        raise TorrentfsError(f"{content}: no such file or directory (seed needs the data)")
     async with open_session(config) as session:
         torrent = await session.add_torrent(metainfo, data_dir=data, recheck=True)
         s = torrent.statistics()
+        if s.pieces_verified == 0:
+            print(f"torrentfs: {content}: none of the torrent's data is there", file=sys.stderr)
+            return 2
         if s.pieces_verified < s.num_pieces:
             log.warning(
                 "%s: only %d of %d pieces verified in %s; seeding what is there",

@@ -44,7 +44,7 @@ all pieces in Python. Block state exists only for pieces in flight.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
@@ -190,6 +190,7 @@ class PiecePicker(Generic[P]):
         self._have = have
         self._missing = self._all & ~_bitfield_to_mask(have, self._nbytes)
         self._open = self._missing  # lacked pieces with a block neither requested nor received
+        self._held = 0  # missing pieces kept out of picks (`hold`), never in flight
         self._partial = 0  # pieces with block state (in flight)
         self._dupable = 0  # pieces with a block requested from exactly one peer
         self._blocks: dict[int, _Blocks] = {}
@@ -699,6 +700,7 @@ class PiecePicker(Generic[P]):
         self._have.set(piece)
         keep = ~(1 << piece)
         self._missing &= keep
+        self._held &= keep
         self._open &= keep
         self._partial &= keep
         self._dupable &= keep
@@ -713,6 +715,23 @@ class PiecePicker(Generic[P]):
         self._have.clear(piece)
         self._missing |= 1 << piece
         self._open |= 1 << piece
+
+    def hold(self, pieces: Iterable[int]) -> None:
+        """Pick no block of these missing pieces until `unhold` (their data on disk is being
+        verified: fetching them meanwhile could be wasted). Pieces in flight are not held."""
+        for piece in pieces:
+            self._check_piece(piece)
+            if self._missing >> piece & 1 and piece not in self._blocks:
+                self._held |= 1 << piece
+                self._open &= ~(1 << piece)
+
+    def unhold(self, pieces: Iterable[int]) -> None:
+        """Pieces may be picked again (still missing ones become open)."""
+        for piece in pieces:
+            bit = 1 << piece
+            if self._held & bit:
+                self._held &= ~bit
+                self._open |= bit & self._missing
 
     def piece_failed(self, piece: int) -> frozenset[P]:
         """The piece's hash did not match: every block is pending again.
@@ -743,7 +762,8 @@ class PiecePicker(Generic[P]):
         for peer, preqs in self._reqs.items():
             for key in preqs:
                 counted.setdefault(key, []).append(peer)
-        open_ = self._missing & ~self._partial
+        assert not self._held & (self._partial | ~self._missing)
+        open_ = self._missing & ~self._partial & ~self._held
         dupable = 0
         for piece, st in self._blocks.items():
             assert self._missing >> piece & 1, piece

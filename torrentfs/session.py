@@ -37,6 +37,7 @@ from torrentfs.magnet import Magnet
 from torrentfs.magnet_handle import MagnetHandle
 from torrentfs.metainfo import Metainfo
 from torrentfs.net.peer import PeerConnection
+from torrentfs.stored_check import StoredCheck
 from torrentfs.torrent import Torrent, TorrentConfig, TorrentStats
 from torrentfs.types import PeerAddress
 
@@ -90,6 +91,8 @@ class Session:
         self.magnets: dict[bytes, MagnetHandle] = {}
         """Magnets by info-hash, from `add_magnet` until `remove_torrent`."""
         self._scopes: dict[bytes, trio.CancelScope] = {}
+        self.checks: dict[bytes, StoredCheck] = {}
+        """The check of data found on disk, per torrent (`torrentfs.stored_check`)."""
         self._nursery = nursery
         self._half_open = trio.Semaphore(config.max_half_open)
         self._connections = trio.Semaphore(config.max_connections)
@@ -203,34 +206,41 @@ class Session:
         data_dir: Path | None = None,
         download_all: bool = False,
         recheck: bool | None = None,
+        wait_checked: bool = True,
     ) -> Torrent:
         """Register a torrent (idempotent by info-hash) and start its supervisor.
 
         Data lives under `data_dir` (default: the session's download dir) as `<name>/...`.
-        Verified pieces are found again from the resume state and, for pieces it does not cover,
-        by hashing whatever data is already on disk (so a crash never loses verified work).
+        Verified pieces are found again from the resume state (read in a worker thread) and,
+        for pieces it does not cover, by hashing whatever data is already on disk in the
+        torrent's own task (`StoredCheck`), so a crash never loses verified work. With
+        ``wait_checked=False`` it returns before that hashing ends (the mount: a torrent shows
+        at once, serving what resume state vouched for; `wait_checked` waits later).
         """
         existing = self.torrents.get(metainfo.info_hash)
         if existing is not None:
             return existing
         from torrentfs.storage.files import FileStore
-        from torrentfs.storage.resume import ResumeWriter, load_resume
-        from torrentfs.storage.resume import recheck as recheck_pieces
+        from torrentfs.storage.resume import ResumeState, ResumeWriter, load_resume_state
 
         root = data_dir if data_dir is not None else self.config.download_dir
         store = FileStore(root, metainfo)
         resume_path = self._resume_path(metainfo.info_hash)
         do_recheck = self.config.recheck if recheck is None else recheck
-        have: Bitfield
         if do_recheck:
-            have = await recheck_pieces(store, metainfo)
+            resume = ResumeState(Bitfield(metainfo.num_pieces), clean=False)
         else:
-            have = load_resume(resume_path, metainfo, root)
-            if not have.all() and await store.has_data_files():
-                found = await recheck_pieces(store, metainfo, skip=have)
-                for i in found.iter_set():
-                    have.set(i)
-        writer = ResumeWriter(resume_path, metainfo, root, have)
+            resume = await trio.to_thread.run_sync(load_resume_state, resume_path, metainfo, root)
+        have = resume.verified
+        # What else may be on disk is hashed by the torrent's own task; a torrent none of whose
+        # files exists yet has nothing (and holds nothing back from its first dial).
+        unknown = []
+        if not have.all() and await store.has_data_files():
+            unknown = [i for i in range(metainfo.num_pieces) if not have[i]]
+        existing = self.torrents.get(metainfo.info_hash)  # added while we looked
+        if existing is not None:
+            return existing
+        writer = ResumeWriter(resume_path, metainfo, root, have, saved=resume.saved_stats())
         torrent = Torrent(
             metainfo,
             store,
@@ -248,6 +258,10 @@ class Session:
         if download_all:
             torrent.picker.set_download_all(True)
         self.torrents[metainfo.info_hash] = torrent
+        # Whatever else is on disk (verified after the last save, a changed file, --recheck)
+        # is hashed in the torrent's own task; the torrent is usable meanwhile.
+        check = StoredCheck(torrent, store, unknown, trusted=have.count())
+        self.checks[metainfo.info_hash] = check
         scope = trio.CancelScope()
         self._scopes[metainfo.info_hash] = scope
         await self._nursery.start(self._run_torrent, torrent, store, writer, scope)
@@ -255,11 +269,13 @@ class Session:
             self.cache.register(torrent, store, writer)
         if download_all:
             torrent.set_download_all(True)
-        if have.any():
+        if wait_checked:
+            await check.done.wait()
+        if check.trusted:
             log.info(
-                "%s: %d of %d pieces already verified",
+                "%s: %d of %d pieces verified by resume state",
                 metainfo.name,
-                have.count(),
+                check.trusted,
                 metainfo.num_pieces,
             )
         return torrent
@@ -278,6 +294,7 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(torrent.run)
                     nursery.start_soon(writer.run, store)
+                    nursery.start_soon(self._check_stored, torrent)
                     task_status.started()
         except Exception as exc:  # a bug in one torrent must not take the session down
             torrent.error = f"internal error: {exc!r}"
@@ -294,6 +311,19 @@ class Session:
                 await store.aclose()
             self.torrents.pop(torrent.info_hash, None)
             self._scopes.pop(torrent.info_hash, None)
+            self.checks.pop(torrent.info_hash, None)
+
+    async def _check_stored(self, torrent: Torrent) -> None:
+        check = self.checks[torrent.info_hash]
+        await check.run()
+        torrent.stored_check_done()
+
+    async def wait_checked(self, info_hash: bytes) -> StoredCheck | None:
+        """Until the data found on disk at `add_torrent` is verified (None: no such torrent)."""
+        check = self.checks.get(info_hash)
+        if check is not None:
+            await check.done.wait()
+        return check
 
     def _make_trackers(self, torrent: Torrent) -> Any:
         from torrentfs.net.tracker_client import make_tracker_set

@@ -410,7 +410,8 @@ class Torrent:
             return True
         return all(self.have[p] for p in self.geometry.pieces_for_range(offset, length))
 
-    async def wait_piece(self, piece: int) -> None:
+    async def _wait_piece(self, piece: int) -> None:
+        """Unbounded: only for callers that bound it (`read`'s timeout)."""
         while not self.have[piece]:
             if self._closed:
                 raise TorrentRemoved(f"{self.metainfo.name}: torrent removed")
@@ -441,7 +442,7 @@ class Torrent:
                 try:
                     with trio.move_on_after(timeout):
                         for p in missing:
-                            await self.wait_piece(p)
+                            await self._wait_piece(p)
                         missing = []
                     if missing:
                         first = next((p for p in missing if not self.have[p]), missing[0])
@@ -1067,6 +1068,30 @@ class Torrent:
             if self._trackers is not None and hasattr(self._trackers, "completed"):
                 self._trackers.completed()
         self._fill_all()
+
+    def hold_for_check(self, pieces: Iterable[int]) -> None:
+        """Request none of `pieces` until `stored_pieces_checked` (`stored_check` hashes them)."""
+        self.picker.hold(pieces)
+
+    def stored_pieces_checked(self, pieces: Iterable[int], ok: bool) -> None:
+        """Held pieces' data on disk matched their hashes (verified: served, announced, saved
+        by resume) or not (missing like any other: they may be requested now)."""
+        pieces = list(pieces)
+        self.picker.unhold(pieces)
+        if ok:
+            for index in pieces:
+                self._piece_verified(index)
+        elif any(self.picker.is_wanted(index) for index in pieces):
+            self._on_wants_changed()
+
+    def stored_check_done(self) -> None:
+        """The check of stored data ended: seed what it found (as `run` does for resume)."""
+        if self.config.upload and self.have.any():
+            self._activate()
+
+    def waited_pieces(self) -> Iterable[int]:
+        """Pieces some reader is waiting for (`_wait_piece`)."""
+        return list(self._piece_events)
 
     def _fill_all(self) -> None:
         for peer in list(self.peers):

@@ -17,6 +17,7 @@ piece whose data a crash could lose (see `torrentfs.storage.resume`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
 from torrentfs.errors import StorageError
@@ -80,6 +81,10 @@ class PieceStore(Protocol):
 
     async def piece_presence(self, piece: int) -> Presence:
         """A cheap guess of what storage holds for `piece` (see `Presence`); never reads it."""
+        ...
+
+    async def pieces_presence(self, pieces: Sequence[int]) -> dict[int, Presence]:
+        """`piece_presence` of many pieces at once, ``ABSENT`` ones left out."""
         ...
 
     async def sync(self) -> None:
@@ -179,6 +184,9 @@ class MemoryStore:
         self._check_open()
         self.piece_size(piece)
         return Presence.DATA if piece in self._pieces else Presence.ABSENT
+
+    async def pieces_presence(self, pieces: Sequence[int]) -> dict[int, Presence]:
+        return {p: Presence.DATA for p in pieces if await self.piece_presence(p) is Presence.DATA}
 
     async def sync(self) -> None:
         self._check_open()

@@ -291,6 +291,17 @@ class FileStore:
         thread hop): a torrent with none has nothing on disk to recheck."""
         return await trio.to_thread.run_sync(self._has_data_files)
 
+    async def pieces_presence(self, pieces: Sequence[int]) -> dict[int, Presence]:
+        def scan() -> dict[int, Presence]:  # one worker-thread hop for the whole batch
+            found: dict[int, Presence] = {}
+            for piece in pieces:
+                presence = self._presence(self._piece_runs(piece))
+                if presence is not Presence.ABSENT:
+                    found[piece] = presence
+            return found
+
+        return await trio.to_thread.run_sync(scan)
+
     async def sync(self) -> None:
         await trio.to_thread.run_sync(self._sync)
 
@@ -343,7 +354,7 @@ class FileStore:
                 handle = _Handle(*self._open(components, writable=writable, create=create))
                 # Data found on disk may sit in the page cache only (written by an earlier
                 # process): the next sync() covers every file we opened, not just our writes.
-                handle.dirty = handle.writable
+                handle.dirty = True
                 self._handles[index] = handle
             handle.users += 1
             try:

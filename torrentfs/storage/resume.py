@@ -28,6 +28,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
+    "PieceChecker",
+    "ResumeState",
     "ResumeWriter",
     "load_resume",
+    "load_resume_state",
     "recheck",
     "resume_path",
 ]
@@ -127,31 +131,57 @@ def _parse_state(data: bytes, metainfo: Metainfo) -> tuple[Bitfield, list[FileSt
     return bitfield, stats
 
 
+@dataclass
+class ResumeState:
+    """What `load_resume_state` found: the pieces to trust, and whether the file says it all."""
+
+    verified: Bitfield
+    """Recorded pieces whose files are unchanged since the save: verified without hashing."""
+    clean: bool
+    """The state file (or its absence) already says exactly `verified`: nothing to rewrite."""
+    stats: list[FileStat | None] = field(default_factory=list)
+    """The file stats recorded (when `clean`)."""
+
+    def saved_stats(self) -> list[FileStat | None] | None:
+        """For `ResumeWriter`'s ``saved``: the recorded stats when nothing needs rewriting."""
+        return self.stats if self.clean else None
+
+
 def load_resume(path: Path, metainfo: Metainfo, root: Path) -> Bitfield:
     """The verified pieces recorded at `path` whose files are unchanged since; never raises.
 
-    A missing, unreadable, corrupt or foreign state file yields an empty bitfield (logged).
-    A piece is kept only if every non-pad file it touches has, right now, the size and mtime
-    recorded when the state was saved, and that size is the file's length in the torrent.
-    Blocking (one ``lstat`` per file): call it from a worker thread for huge torrents.
+    See `load_resume_state`.
+    """
+    return load_resume_state(path, metainfo, root).verified
+
+
+def load_resume_state(path: Path, metainfo: Metainfo, root: Path) -> ResumeState:
+    """Read the state at `path`: the recorded pieces whose files are unchanged; never raises.
+
+    A missing, unreadable, corrupt or foreign state file yields no pieces (logged, except a
+    missing one). A piece is kept only if every non-pad file it touches has, right now, the
+    size and mtime recorded when the state was saved, and that size is the file's length in
+    the torrent. The others (e.g. verified and recorded, then the file was written again by a
+    download that crashed before the next save) must be hashed before use (`stored_check`).
+    Blocking (one ``lstat`` per file): run it in a worker thread.
     """
     empty = Bitfield(metainfo.num_pieces)
     try:
         with open(path, "rb") as f:
             data = f.read(_max_state_size(metainfo) + 1)
     except FileNotFoundError:
-        return empty
+        return ResumeState(empty, clean=True, stats=[None] * len(metainfo.files))
     except OSError as exc:
         log.warning("cannot read resume state %s: %s", path, exc)
-        return empty
+        return ResumeState(empty, clean=False)
     if len(data) > _max_state_size(metainfo):
         log.warning("resume state %s is implausibly large; ignoring it", path)
-        return empty
+        return ResumeState(empty, clean=False)
     try:
         saved, stats = _parse_state(data, metainfo)
     except (ValueError, TorrentfsError) as exc:
         log.warning("ignoring resume state %s: %s", path, exc)
-        return empty
+        return ResumeState(empty, clean=False)
 
     valid: dict[int, bool] = {}
 
@@ -173,8 +203,12 @@ def load_resume(path: Path, metainfo: Metainfo, root: Path) -> Bitfield:
             result.set(piece)
     dropped = saved.count() - result.count()
     if dropped:
-        log.info("%s: %d verified pieces invalidated by changed files", metainfo.name, dropped)
-    return result
+        log.info(
+            "%s: %d recorded pieces lie in files changed since the last save; checking them",
+            metainfo.name,
+            dropped,
+        )
+    return ResumeState(result, clean=not dropped, stats=stats)
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -208,8 +242,11 @@ class ResumeWriter:
     """Batches verified pieces and persists them crash-safely (see the module docstring).
 
     `verified` are pieces already durable on disk (from `load_resume` or `recheck`); they are
-    written out at the first flush. Call `mark_verified` after ``store.write_piece`` returned,
-    and `flush` (or run `run` in a nursery) to persist. Flushes are serialised.
+    written out at the first flush - unless ``saved`` is given: the file stats the state file
+    on disk already records for exactly `verified` (`ResumeState.saved_stats`), so an idle
+    torrent writes (and fsyncs) nothing until something changes. Call `mark_verified` after
+    ``store.write_piece`` returned, and `flush` (or run `run` in a nursery) to persist. Flushes
+    are serialised.
     """
 
     def __init__(
@@ -222,6 +259,7 @@ class ResumeWriter:
         max_pending: int = 256,
         max_interval: float = 10.0,
         min_interval: float = 1.0,
+        saved: list[FileStat | None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.metainfo = metainfo
@@ -233,9 +271,14 @@ class ResumeWriter:
         if len(self._durable) != metainfo.num_pieces:
             raise ValueError("verified bitfield has the wrong size")
         self._pending: set[int] = set()
-        self._dirty = True  # the file on disk (if any) is not known to match
+        self._dirty = saved is None  # the file on disk (if any) is not known to match
         self._stats: list[FileStat | None] = [None] * len(metainfo.files)
         self._stale: set[int] = set(_tracked_files(metainfo))
+        if saved is not None:
+            if len(saved) != len(metainfo.files):
+                raise ValueError("saved file stats have the wrong length")
+            self._stats = list(saved)
+            self._stale = set()
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self._last_flush: float | None = None
@@ -377,6 +420,31 @@ def _sha1(data: bytes) -> bytes:
     return hashlib.sha1(data).digest()
 
 
+class PieceChecker:
+    """Does a stored piece match its SHA-1 in the metainfo (BEP 3)? Reading in worker threads;
+    pieces lying wholly in sparse holes are judged against the hash of zeros, unread."""
+
+    def __init__(self, store: PieceStore, metainfo: Metainfo) -> None:
+        self.store = store
+        self.metainfo = metainfo
+        self._zero_hashes: dict[int, bytes] = {}
+
+    async def matches(self, piece: int, presence: Presence | None = None) -> bool:
+        """`presence`: the store's `piece_presence`, if already known."""
+        if presence is None:
+            presence = await self.store.piece_presence(piece)
+        if presence is Presence.ABSENT:
+            return False
+        if presence is Presence.HOLE:
+            size = self.metainfo.piece_size(piece)
+            digest = self._zero_hashes.get(size)
+            if digest is None:
+                digest = self._zero_hashes[size] = await trio.to_thread.run_sync(_sha1, bytes(size))
+        else:
+            digest = await trio.to_thread.run_sync(_sha1, await self.store.read_piece(piece))
+        return digest == self.metainfo.piece_hash(piece)
+
+
 async def recheck(
     store: PieceStore,
     metainfo: Metainfo,
@@ -395,24 +463,10 @@ async def recheck(
     """
     found = Bitfield(metainfo.num_pieces)
     todo = range(metainfo.num_pieces) if pieces is None else pieces
-    zero_hashes: dict[int, bytes] = {}
-
-    async def zero_hash(size: int) -> bytes:
-        digest = zero_hashes.get(size)
-        if digest is None:
-            digest = await trio.to_thread.run_sync(_sha1, bytes(size))
-            zero_hashes[size] = digest
-        return digest
+    checker = PieceChecker(store, metainfo)
 
     async def check(piece: int) -> None:
-        presence = await store.piece_presence(piece)
-        if presence is Presence.ABSENT:
-            return
-        if presence is Presence.HOLE:
-            digest = await zero_hash(metainfo.piece_size(piece))
-        else:
-            digest = await trio.to_thread.run_sync(_sha1, await store.read_piece(piece))
-        if digest == metainfo.piece_hash(piece):
+        if await checker.matches(piece):
             found.set(piece)
 
     send, receive = trio.open_memory_channel[int](0)

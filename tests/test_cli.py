@@ -537,3 +537,16 @@ def test_make_interrupted_leaves_nothing_behind(
         if t.name.startswith("torrentfs-hash-"):
             t.join(timeout=30)  # a guard against a hang, not a timing assertion
     assert threading.active_count() == threads_before
+
+
+def test_help_points_to_the_mount_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "METAINFO_DIR MOUNTPOINT --help lists the mount options" in " ".join(
+        out.split()
+    )
+    code, out, _ = run(capsys, str(tmp_path), str(tmp_path / "mnt"), "--help")
+    assert code == 0
+    for option in ("--read-timeout", "--foreground", "--clear-stale", "--config", "--log-file"):
+        assert option in out

@@ -78,7 +78,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A FUSE filesystem that shows BitTorrent torrents as files; and tools.",
-        epilog=f"mount form: {PROG} METAINFO_DIR MOUNTPOINT",
+        epilog=f"mount form: {PROG} [options] METAINFO_DIR MOUNTPOINT "
+        f"({PROG} METAINFO_DIR MOUNTPOINT --help lists the mount options)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -122,16 +122,16 @@ class StoredCheck:
             except TorrentfsError as exc:
                 log.warning("%s: cannot inspect stored data: %s", self.metainfo.name, exc)
                 presence = {}
-            absent = []
+            missing = []  # one verdict for all: a big sparse file is mostly holes
             for piece in batch:
                 state = presence.get(piece, Presence.ABSENT)
                 if state is Presence.DATA:
                     self._queued.add(piece)
-                elif state is Presence.HOLE:
-                    self._verdict([piece], await self._checker.matches(piece, state))
+                elif state is Presence.HOLE and await self._checker.matches(piece, state):
+                    self._verdict([piece], True)  # an all-zero piece (rare)
                 else:
-                    absent.append(piece)
-            self._verdict(absent, False)
+                    missing.append(piece)
+            self._verdict(missing, False)
         self._queue = sorted(self._queued, reverse=True)
 
     def _next(self) -> int | None:

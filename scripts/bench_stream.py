@@ -18,13 +18,22 @@ For each mounted client and run, two fresh mounts, each with a fresh, empty down
    the **first 64 KiB** (open + ``pread`` of 64 KiB at offset 0); then **cold sequential**
    ``dd if=FILE bs=1M`` piped into ``sha256sum`` (MB/s = size / dd's wall time; the digest must
    equal the source's, else the run fails); then **warm re-read**, the same ``dd`` into
-   /dev/null once the cold read has completed;
+   /dev/null once the cold read has completed; then **uncached re-read**: the file's pages are
+   dropped from the kernel's cache (``posix_fadvise(DONTNEED)`` on the mounted file) and the same
+   ``dd`` runs again, so every byte goes through the filesystem's read path once more but
+   nothing waits for the swarm - the cost of the read path alone (MB/s and CPU s/GiB);
 2. *random*: 20 ``pread`` calls of 64 KiB at random offsets (fixed seed), on one open handle,
    each timed on its own: **median** and **p90**.
 
 Peak RSS is the kernel's high-water mark (``VmHWM``) of the mount process, the larger of the two
-mounts.  References without a mount, on the same swarm set-up: ``torrentfs download`` and
-``aria2c``, driven exactly as ``bench download`` drives them (its ``measure`` function).
+mounts.  **CPU**: user + system seconds of the mount process (all its threads, from
+``/proc/PID/stat``) spent during the cold ``dd``, per GiB read - a figure that stays meaningful
+when other work shares the machine and wall-clock rates do not; the references report theirs
+(from ``wait4``) per GiB downloaded.  ``--profile DIR`` runs the torrentfs mount under cProfile
+and leaves one ``.prof`` file per mount in DIR (``python -m pstats`` reads them).
+
+References without a mount, on the same swarm set-up: ``torrentfs download`` and ``aria2c``,
+driven exactly as ``bench download`` drives them (its ``measure`` function).
 
 Then the goals of issue 4 as ratios: cold streaming >= 0.9x our own download rate and >= 1x
 aria2c; first 64 KiB within 0.5 s; random-read median within 2 piece-transfer times (piece size
@@ -37,6 +46,7 @@ and its process killed, and the run is reported as failed.  Logs stay in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -58,6 +68,7 @@ import bench_download
 from bench_lib import (
     MB,
     ROOT,
+    GiB,
     HarnessError,
     LibtorrentPeer,
     MiB,
@@ -82,6 +93,7 @@ SEEDER_ARGS = os.environ.get("BENCH_SEEDER_ARGS", "").split()
 FOREGROUND: list[str] = []  # set by main(): torrentfs_foreground_flag()
 MOUNT_ARGS = os.environ.get("BENCH_TORRENTFS_ARGS", "").split()  # e.g. "-v" or readahead bounds
 TORRENTFS = ROOT / ".venv" / "bin" / "torrentfs"
+PROFILE_DIR: Path | None = None  # set by main(): --profile
 
 T = TypeVar("T")
 
@@ -106,15 +118,24 @@ class MountResult:
     warm_seconds: float | None = None
     random_reads: list[float] = field(default_factory=list)  # s each
     peak_rss: int | None = None  # bytes, max over both mounts
+    cold_cpu: float | None = None  # s, user + system of the mount process during the cold dd
+    uncached_seconds: float | None = None  # dd after the file's page cache was dropped
+    uncached_cpu: float | None = None  # s, mount process CPU during that dd
     sha256_ok: bool | None = None
 
-    @property
-    def cold_rate(self) -> float | None:
-        return self.size / self.cold_seconds / MB if self.cold_seconds else None
+    def _rate(self, seconds: float | None) -> float | None:
+        """MB/s of reading the whole file in ``seconds``."""
+        return self.size / seconds / MB if seconds else None
 
-    @property
-    def warm_rate(self) -> float | None:
-        return self.size / self.warm_seconds / MB if self.warm_seconds else None
+    def _per_gib(self, cpu: float | None) -> float | None:
+        """CPU seconds per GiB of the file."""
+        return cpu / (self.size / GiB) if cpu is not None else None
+
+    cold_rate = property(lambda self: self._rate(self.cold_seconds))
+    warm_rate = property(lambda self: self._rate(self.warm_seconds))
+    uncached_rate = property(lambda self: self._rate(self.uncached_seconds))
+    cold_cpu_per_gib = property(lambda self: self._per_gib(self.cold_cpu))
+    uncached_cpu_per_gib = property(lambda self: self._per_gib(self.uncached_cpu))
 
     @property
     def random_median(self) -> float | None:
@@ -186,6 +207,10 @@ class MountProc:
                 raise PhaseError(f"{self.file.name} not visible within {timeout:.0f} s")
             time.sleep(0.005)
 
+    def cpu(self) -> float:
+        """User + system seconds the process (every thread) has used so far; 0 if gone."""
+        return proc_cpu(self.proc.pid) if self.proc is not None else 0.0
+
     def _sample(self) -> None:
         assert self.proc is not None
         while not self._done.wait(0.02):
@@ -225,6 +250,17 @@ class MountProc:
         return " / ".join(lines[-3:])[-300:]
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process, all threads (``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def torrentfs_foreground_flag() -> list[str]:
     """``["-f"]`` if this torrentfs daemonises by default (it has ``--foreground``), else ``[]``.
 
@@ -239,6 +275,22 @@ def torrentfs_foreground_flag() -> list[str]:
     return ["--foreground"] if "--foreground" in out else []
 
 
+def profile_download_reference(out_dir: Path) -> None:
+    """Run the ``torrentfs download`` reference under cProfile too (``--profile``)."""
+    plain = bench_download.JOBS["torrentfs"]
+
+    def profiled(
+        torrent: TorrentFile, out: Path, host: str, seeder: str, t: float
+    ) -> bench_download.Job:
+        job = plain(torrent, out, host, seeder, t)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prof = out_dir / f"download-{out.name}.prof"
+        python = str(ROOT / ".venv" / "bin" / "python")
+        return dataclasses.replace(job, cmd=[python, "-m", "cProfile", "-o", str(prof), *job.cmd])
+
+    bench_download.JOBS["torrentfs"] = profiled
+
+
 def torrentfs_mount(torrent: TorrentFile, name: str, d: Path, host: str, mnt: Path) -> MountProc:
     meta = d / "meta"
     meta.mkdir(parents=True)
@@ -246,6 +298,10 @@ def torrentfs_mount(torrent: TorrentFile, name: str, d: Path, host: str, mnt: Pa
     cmd = [str(TORRENTFS), str(meta), str(mnt), "--download-dir", str(d / "data"),
            "--state-dir", str(d / "state"), "--listen", f"{host}:0", "--no-dht",
            *FOREGROUND, *MOUNT_ARGS]  # fmt: skip
+    if PROFILE_DIR is not None:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        out = PROFILE_DIR / f"{d.name}.prof"
+        cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "cProfile", "-o", str(out), *cmd]
     return MountProc(cmd, mnt, mnt / name, d / "torrentfs.stderr")
 
 
@@ -308,6 +364,15 @@ def read_at(path: Path, offset: int, size: int) -> float:
     if len(got) != size:
         raise PhaseError(f"short read: {len(got)} of {size} bytes at {offset}")
     return time.monotonic() - t0
+
+
+def drop_page_cache(path: Path) -> None:
+    """Drop the kernel's cached pages of ``path`` (the next read goes to the filesystem)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def dd(path: Path, timeout: float, mount: MountProc, digest: str | None) -> float:
@@ -402,9 +467,15 @@ def measure_mount(
             res.first_64k = guarded(
                 lambda: read_at(mount.file, 0, HEAD), timeout, mount, "first 64 KiB"
             )
+            cpu0 = mount.cpu()
             res.cold_seconds = dd(mount.file, timeout, mount, digest)
+            res.cold_cpu = mount.cpu() - cpu0
             res.sha256_ok = True
             res.warm_seconds = dd(mount.file, timeout, mount, None)
+            guarded(lambda: drop_page_cache(mount.file), timeout, mount, "drop page cache")
+            cpu0 = mount.cpu()
+            res.uncached_seconds = dd(mount.file, timeout, mount, None)
+            res.uncached_cpu = mount.cpu() - cpu0
 
         rss = with_mount(client, torrent, source, tracker, work / f"{client}-{run}-seq",
                          timeout, sequential)  # fmt: skip
@@ -473,20 +544,23 @@ def report(
     for r in mounts:
         rows.append([
             r.client, str(r.run), fmt(r.cold_rate), ms(r.first_64k), ms(r.random_median),
-            ms(r.random_p90), fmt(r.warm_rate, ".0f"),
+            ms(r.random_p90), fmt(r.warm_rate, ".0f"), fmt(r.cold_cpu_per_gib, ".2f"),
+            fmt(r.uncached_rate, ".0f"), fmt(r.uncached_cpu_per_gib, ".2f"),
             fmt(r.peak_rss / MB if r.peak_rss else None, ".0f"), ms(r.mount_up),
             "ok" if r.ok else (r.error or "failed"),
         ])  # fmt: skip
     for d in refs:
         name = "torrentfs download" if d.client == "torrentfs" else d.client
         rows.append([
-            name, str(d.run), fmt(d.total_rate), "-", "-", "-", "-",
+            name, str(d.run), fmt(d.total_rate), "-", "-", "-", "-", fmt(d.cpu_per_gib, ".2f"),
+            "-", "-",
             fmt(d.peak_rss / MB if d.peak_rss and d.ok else None, ".0f"), "-",
             "ok" if d.ok else (d.error or "failed"),
         ])  # fmt: skip
     table = format_table(
         ["client", "run", "cold MB/s", "1st 64K ms", "rand med ms", "rand p90 ms",
-         "warm MB/s", "peak RSS MB", "mount up ms", "result"],
+         "warm MB/s", "CPU s/GiB", "uncached MB/s", "uncached CPU s/GiB", "peak RSS MB",
+         "mount up ms", "result"],
         rows,
     )  # fmt: skip
 
@@ -552,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
         "comma list of: torrentfs,btfs (mounts), download (torrentfs download), aria2c",
         "per read/dd/download, seconds",
     )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the torrentfs mount under cProfile; one .prof per mount in DIR",
+    )
     args = p.parse_args(argv)
     clients = parse_clients(p, args.clients, CLIENTS)
     try:
@@ -560,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench stream: {exc}", file=sys.stderr)
         return 2
 
-    global FOREGROUND
+    global FOREGROUND, PROFILE_DIR
+    PROFILE_DIR = args.profile
+    if PROFILE_DIR is not None:
+        profile_download_reference(PROFILE_DIR)
     if "torrentfs" in clients:
         FOREGROUND = torrentfs_foreground_flag()
     tracker_url = f"http://127.0.0.1:{TRACKER_PORT}/announce"
@@ -612,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
                     "warm_mb_s": m.warm_rate,
                     "random_median_s": m.random_median,
                     "random_p90_s": m.random_p90,
+                    "cold_cpu_s_per_gib": m.cold_cpu_per_gib,
+                    "uncached_mb_s": m.uncached_rate,
+                    "uncached_cpu_s_per_gib": m.uncached_cpu_per_gib,
                 }
                 for m in mounts
             ],

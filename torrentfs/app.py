@@ -44,7 +44,13 @@ from torrentfs.budget import DiskCache
 from torrentfs.daemon import Readiness, daemonize, report_status
 from torrentfs.errors import TorrentfsError, TorrentRemoved
 from torrentfs.eviction import parse_pin_value, readahead_cap
-from torrentfs.fs.mount import Mount, fuse_options, lazy_unmount, wait_detached
+from torrentfs.fs.mount import (
+    DEFAULT_KERNEL_READAHEAD,
+    Mount,
+    fuse_options,
+    lazy_unmount,
+    wait_detached,
+)
 from torrentfs.fs.operations import FsOperations
 from torrentfs.fs.tree import FsTree
 from torrentfs.magnet_handle import MagnetHandle, supersede_magnet
@@ -78,6 +84,10 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return int(value)
+
+
+def _size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
 
 
 def _positive_float(text: str) -> float:
@@ -147,6 +157,10 @@ def build_mount_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN",
                    help="keep a torrent or file whole (downloaded, never evicted): its path in "
                    "the mount (shell pattern) or info-hash; repeatable")  # fmt: skip
+    p.add_argument("--kernel-readahead", type=_size_or_zero, default=DEFAULT_KERNEL_READAHEAD,
+                   metavar="SIZE",
+                   help="kernel readahead of the mount: larger FUSE reads, several in flight "
+                   "(default 8M; needs root; 0 keeps the kernel's 128K)")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, comma-separated: any setting as key=value, FUSE options "
                    "(allow_other, default_permissions, max_read=N...), generic mount options "
@@ -334,6 +348,8 @@ async def run_mount(
         min_bytes=min(args.readahead_min, readahead_max),
         max_bytes=readahead_max,
         seconds_ahead=args.readahead_seconds,
+        # The kernel's readahead requests arrive out of order by up to about twice its size.
+        slack_bytes=max(_DEFAULT_POLICY.slack_bytes, 2 * args.kernel_readahead),
     )
     async with open_session(_session_config(args)) as session:
         ops = FsOperations(
@@ -342,7 +358,9 @@ async def run_mount(
             read_timeout=args.read_timeout,
             readahead=readahead,
         )
-        mount = Mount(ops, args.mountpoint.expanduser(), fuse_opts)
+        mount = Mount(
+            ops, args.mountpoint.expanduser(), fuse_opts, kernel_readahead=args.kernel_readahead
+        )
         mount.mount()
         status = 0
         try:

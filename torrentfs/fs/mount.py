@@ -7,6 +7,16 @@ Guarantees, and why:
   kernel check modes; ``allow_other`` only when asked (it needs ``user_allow_other`` for users).
 * **A stale mount point** left by a crashed process (``stat`` fails with ``ENOTCONN``) is
   detached at start (``fusermount3 -uz``, else ``umount -l``) instead of failing forever.
+* **Large FUSE reads.** The kernel splits page-cache reads of a FUSE file into requests no
+  larger than the mount's readahead (128 KiB by default; libfuse lets requests grow to 1 MiB),
+  and keeps only one or two of them in flight. Each request pays a fixed cost in Python, so a
+  cold sequential read was bound by round trips, not by the swarm. `Mount.mount` therefore
+  raises the readahead of the mount's own backing device (``/sys/class/bdi/MAJ:MIN/
+  read_ahead_kb``, found through ``/proc/self/mountinfo``, never by touching the mount point)
+  to ``kernel_readahead`` bytes: requests of 1 MiB, several in flight. It needs root; otherwise
+  one line says so and reads stay at 128 KiB. Small random reads are not enlarged by it (the
+  kernel reads those as asked), and it only sets how the kernel asks: what is downloaded ahead
+  is still each handle's readahead window.
 * **Unmount always succeeds:** `Mount.terminate` ends the FUSE loop, cancelling it after a short
   grace if a handler does not end by itself, and `Mount.unmount` detaches lazily (libfuse's
   ``fusermount3 -uz`` / ``umount2(MNT_DETACH)``), so blocked readers can never keep the process
@@ -39,6 +49,8 @@ from torrentfs.fs.operations import FsOperations
 log = logging.getLogger(__name__)
 
 FIXED_OPTIONS = frozenset({"fsname=torrentfs", "subtype=torrentfs", "ro"})
+DEFAULT_KERNEL_READAHEAD = 8 << 20
+"""Bytes of kernel readahead asked for the mount (see the module docstring)."""
 TERMINATE_GRACE = 2.0
 """Seconds handlers get to finish after `Mount.terminate` before the loop is cancelled."""
 DETACH_POLL = 2.0
@@ -74,22 +86,28 @@ def fuse_options(
     return options
 
 
+def _mountinfo_fields(mountpoint: Path) -> list[str] | None:
+    """The last ``/proc/self/mountinfo`` line mounted at ``mountpoint``, split; None if none."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    found = fields
+    except OSError:
+        return None
+    return found
+
+
 def is_mounted(mountpoint: Path) -> bool:
     """Whether ``mountpoint`` is a mount point in this mount namespace (/proc/self/mountinfo).
 
     Never touches the path itself: a ``stat`` of our own mount point after the FUSE loop ended
     would wait forever for an answer. Pass an absolute path with symlinks already resolved.
     """
-    target = os.path.abspath(mountpoint)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
+    return _mountinfo_fields(mountpoint) is not None
 
 
 def _unescape(field: str) -> str:
@@ -105,6 +123,27 @@ def _unescape(field: str) -> str:
             out.append(field[i])
             i += 1
     return "".join(out)
+
+
+def set_kernel_readahead(
+    mountpoint: Path, size: int, *, sysfs: Path = Path("/sys/class/bdi")
+) -> int | None:
+    """Set the readahead of the device mounted at ``mountpoint`` to ``size`` bytes.
+
+    Returns the readahead now in force in bytes, or None when it cannot be set (not root, no
+    sysfs, not mounted); never raises. Reads only ``/proc/self/mountinfo`` and sysfs, so it is
+    safe to call from the thread that serves the mount.
+    """
+    fields = _mountinfo_fields(mountpoint)
+    if fields is None:
+        return None
+    path = sysfs / fields[2] / "read_ahead_kb"  # fields[2] is the device, "MAJ:MIN"
+    try:
+        path.write_text(f"{max(4, size // 1024)}\n")
+        return int(path.read_text().strip()) * 1024
+    except (OSError, ValueError) as exc:
+        log.debug("cannot set %s: %s", path, exc)
+        return None
 
 
 def lazy_unmount(mountpoint: Path) -> bool:
@@ -148,8 +187,16 @@ def check_mountpoint(mountpoint: Path) -> None:
 class Mount:
     """One pyfuse3 mount of `FsOperations` at ``mountpoint`` (pyfuse3 allows one per process)."""
 
-    def __init__(self, ops: FsOperations, mountpoint: Path, options: set[str]) -> None:
+    def __init__(
+        self,
+        ops: FsOperations,
+        mountpoint: Path,
+        options: set[str],
+        *,
+        kernel_readahead: int = DEFAULT_KERNEL_READAHEAD,
+    ) -> None:
         self.ops = ops
+        self.kernel_readahead = kernel_readahead
         # Resolved now, while nothing is mounted there: later checks must not touch the path.
         self.mountpoint = Path(os.path.realpath(mountpoint))
         self.options = options
@@ -174,11 +221,29 @@ class Mount:
             self._scope = scope
             if self.terminated:
                 return
-            await pyfuse3.main()
+            async with trio.open_nursery() as nursery:
+                if self.kernel_readahead > 0:
+                    nursery.start_soon(self._raise_readahead)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
         if scope.cancelled_caught:
             log.warning("FUSE loop cancelled after %g s grace", TERMINATE_GRACE)
         elif not self.terminated:
             log.info("%s was unmounted from outside", self.mountpoint)
+
+    async def _raise_readahead(self) -> None:
+        # The kernel's handling of the FUSE INIT reply lowers the readahead to what libfuse
+        # answered (the kernel's own 128 KiB): raising it is only lasting after that.
+        with trio.move_on_after(30):
+            await self.ops.wait_initialized()
+            got = set_kernel_readahead(self.mountpoint, self.kernel_readahead)
+            if got is None:
+                log.info(
+                    "kernel readahead left at its default (raising it needs root): "
+                    "FUSE reads stay small, cold streaming is slower"
+                )
+            else:
+                log.debug("kernel readahead of the mount: %d KiB", got // 1024)
 
     def terminate(self) -> None:
         """End the FUSE loop: at once for idle workers, after a short grace for handlers."""
@@ -206,7 +271,13 @@ class Mount:
             log.exception("pyfuse3.close failed")
         if is_mounted(self.mountpoint) and still:
             lazy_unmount(self.mountpoint)
-        log.info("unmounted %s", self.mountpoint)
+        reads = self.ops.reads
+        log.info(
+            "unmounted %s (%d reads served, %d KiB each on average)",
+            self.mountpoint,
+            reads,
+            self.ops.read_bytes // max(1, reads) // 1024,
+        )
 
 
 async def wait_detached(mountpoint: Path, *, fallback: float = DETACH_POLL) -> None:
@@ -240,6 +311,7 @@ async def wait_detached(mountpoint: Path, *, fallback: float = DETACH_POLL) -> N
 
 
 __all__ = [
+    "DEFAULT_KERNEL_READAHEAD",
     "DETACH_POLL",
     "FIXED_OPTIONS",
     "Mount",
@@ -248,5 +320,6 @@ __all__ = [
     "fuse_options",
     "is_mounted",
     "lazy_unmount",
+    "set_kernel_readahead",
     "wait_detached",
 ]

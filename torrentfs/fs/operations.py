@@ -183,13 +183,26 @@ class FsOperations(pyfuse3.Operations):
         self.magnet_errors: dict[bytes, str] = {}
         self.closing = False
         self.active_reads = 0
+        self.reads = 0
+        self.read_bytes = 0
+        """Reads answered with data and their bytes (the mount logs them when it ends)."""
         self.last_read = 0.0
         self.mounted = False
         """True while the kernel is attached: entry invalidations are sent only then."""
+        self._initialized = trio.Event()
         self.readdir_reply: Callable[[Any, bytes, Any, int], bool] = pyfuse3.readdir_reply
         self.status: StatusSource | None = None
         """Set by the app: the root's ``user.torrentfs.status``, the budget for ``statfs``."""
         self.invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
+
+    def init(self) -> None:
+        """pyfuse3: the kernel's FUSE INIT is being answered (called once, never raises)."""
+        self._initialized.set()
+
+    async def wait_initialized(self) -> None:
+        """Until FUSE INIT was answered (it is, once the loop yields after `init`)."""
+        await self._initialized.wait()
+        await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ the tree, from the app
 
@@ -437,7 +450,10 @@ class FsOperations(pyfuse3.Operations):
             handle.scopes.add(scope)
             self.active_reads += 1
             try:
-                return await handle.reader.read(off, size)
+                data = await handle.reader.read(off, size)
+                self.reads += 1
+                self.read_bytes += len(data)
+                return data
             finally:
                 self.active_reads -= 1
                 self.last_read = trio.current_time()

@@ -19,12 +19,14 @@ def fresh(size: int = 4 * GiB) -> ReadaheadState:
     return ReadaheadState(POLICY, size)
 
 
-def test_first_read_wants_the_read_now_and_min_ahead() -> None:
+def test_first_read_wants_only_the_read_and_the_next_opens_the_window() -> None:
     ra = fresh()
     w = ra.on_read(0, 128 * KiB, 5.0, 0.0)
-    assert w == Window(0, 128 * KiB + 2 * MiB, 128 * KiB, 5.0, 8.0, False)
+    assert w == Window(0, 128 * KiB, 128 * KiB, 5.0, 8.0, False, 0)
     assert w.urgent == (0, 128 * KiB)
-    assert w.ahead == (128 * KiB, 2 * MiB)
+    assert w.ahead == (128 * KiB, 0)
+    w = ra.on_read(128 * KiB, 128 * KiB, 5.0, 0.0)
+    assert w.sequential and w.ahead == (256 * KiB, 4 * MiB)
 
 
 def test_sequential_reads_double_the_window_up_to_max() -> None:
@@ -35,7 +37,14 @@ def test_sequential_reads_double_the_window_up_to_max() -> None:
         w = ra.on_read(pos, 128 * KiB, 0.0, 0.0)
         pos += 128 * KiB
         sizes.append(w.end - w.urgent_end)
-    assert sizes == [2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 32 * MiB, 32 * MiB, 32 * MiB]
+    assert sizes == [0, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 32 * MiB, 32 * MiB, 32 * MiB]
+
+
+def test_random_reads_want_nothing_ahead() -> None:
+    ra = fresh()
+    for i, offset in enumerate([3 * GiB, 10 * MiB, 2 * GiB, 700 * MiB, 0, 4 * GiB - 64 * KiB]):
+        w = ra.on_read(offset, 64 * KiB, float(i), 50 * MiB)
+        assert not w.sequential and w.end == w.urgent_end == offset + 64 * KiB
 
 
 def test_window_is_at_least_seconds_ahead_of_the_download_rate() -> None:
@@ -65,18 +74,31 @@ def test_seek_resets_to_min_at_the_new_position() -> None:
         ra.on_read(i * 128 * KiB, 128 * KiB, 0.0, 0.0)
     assert ra.window_bytes == 32 * MiB
     w = ra.on_read(3 * GiB, 64 * KiB, 1.0, 50 * MiB)
-    assert not w.sequential
-    assert (w.start, w.urgent_end, w.end) == (
-        3 * GiB,
-        3 * GiB + 64 * KiB,
-        3 * GiB + 64 * KiB + 2 * MiB,
-    )
+    assert not w.sequential and ra.window_bytes == 2 * MiB
+    assert (w.start, w.urgent_end, w.end) == (3 * GiB, 3 * GiB + 64 * KiB, 3 * GiB + 64 * KiB)
     # continuing from there is sequential again (and the rate floor applies)
     w = ra.on_read(3 * GiB + 64 * KiB, 64 * KiB, 2.0, 1 * MiB)
     assert w.sequential and w.end - w.urgent_end == 10 * MiB
     # a jump back further than the slack is a seek too
     w = ra.on_read(3 * GiB - 2 * MiB, 4 * KiB, 3.0, 1 * MiB)
-    assert not w.sequential and w.end == 3 * GiB - 2 * MiB + 4 * KiB + 2 * MiB
+    assert not w.sequential and w.end == 3 * GiB - 2 * MiB + 4 * KiB
+
+
+def test_the_wanted_range_holds_the_slack_behind_the_front_within_the_run() -> None:
+    ra = fresh()
+    q = POLICY.slack_bytes // 4
+    w = ra.on_read(100 * MiB, q, 0.0, 0.0)  # a seek: the run starts here
+    assert w.hold == 100 * MiB
+    # the kernel's readahead: reads sent together, served out of order
+    w = ra.on_read(100 * MiB + 3 * q, q, 0.0, 0.0)
+    assert w.sequential and w.hold == 100 * MiB  # never before the run's start
+    w = ra.on_read(100 * MiB + q, q, 0.0, 0.0)  # behind the front: still wanted
+    assert w.sequential and w.hold == 100 * MiB and w.end == 100 * MiB + 4 * q + ra.window_bytes
+    for i in range(4, 12):
+        w = ra.on_read(100 * MiB + i * q, q, 0.0, 0.0)
+    assert w.hold == 100 * MiB + 12 * q - POLICY.slack_bytes  # the front minus the slack
+    w = ra.on_read(3 * GiB, 4 * KiB, 0.0, 0.0)  # a seek starts a new run
+    assert w.hold == 3 * GiB == w.start
 
 
 def test_small_skip_within_slack_is_sequential() -> None:
@@ -125,12 +147,14 @@ def test_windows_are_always_well_formed(size: int, reads: list[tuple[int, int, f
     ra = fresh(size)
     for offset, length, rate in reads:
         w = ra.on_read(offset, length, 0.0, rate)
-        assert w.start <= w.urgent_end <= w.end <= size
+        assert 0 <= w.hold <= w.start <= w.urgent_end <= w.end <= size
+        assert w.start - w.hold <= POLICY.slack_bytes or w.hold == w.start
         assert w.start == min(offset, size) and w.urgent_end == min(offset + length, size)
         assert POLICY.min_bytes <= ra.window_bytes <= POLICY.max_bytes
         assert w.end - w.urgent_end <= POLICY.max_bytes + POLICY.slack_bytes
         if not w.sequential:
             assert ra.window_bytes == POLICY.min_bytes
+            assert w.end == w.urgent_end  # a seek fetches nothing ahead
 
 
 # -- head and tail on open -----------------------------------------------------------------

@@ -14,14 +14,24 @@ handle is released.
 How the window is sized:
 
 * *sequential* reads — starting within ``slack_bytes`` of the furthest byte read so far, which
-  tolerates the kernel's readahead arriving slightly out of order on several FUSE threads —
-  double the ahead window, from ``min_bytes`` up to ``max_bytes``, and never let it fall below
-  ``seconds_ahead`` seconds of data at the observed download rate (so a fast swarm is kept busy:
-  the window is the bandwidth-delay product of the stream);
-* a *seek* (any other read) resets the window to ``min_bytes`` at the new position; the old
-  window is not wanted any more from this moment on, so bandwidth moves to the new position at
-  once (the picker is never left fetching what nobody reads);
-* a read backwards within the slack neither grows nor moves the window.
+  tolerates the kernel's readahead arriving out of order (it sends several requests of up to
+  1 MiB at once, and they are served concurrently: the slack must exceed the kernel readahead
+  of the mount, see `torrentfs.fs.mount`) — double the ahead window, from ``min_bytes`` up to
+  ``max_bytes``, and never let it fall below ``seconds_ahead`` seconds of data at the observed
+  download rate (so a fast swarm is kept busy: the window is the bandwidth-delay product of the
+  stream);
+* a *seek* (any other read, and the first read of a handle) wants only the bytes it reads, and
+  resets the window to ``min_bytes``: the old window is not wanted any more from this moment on,
+  so bandwidth moves to the new position at once (the picker is never left fetching what nobody
+  reads). Nothing is fetched ahead until the next read continues from there: a random reader
+  (a database, ``ffprobe`` hopping through an index) gets each piece at the full speed of the
+  swarm instead of queued behind megabytes of readahead nobody reads, while a stream loses
+  nothing (the kernel's own readahead sends the next read at once);
+* a read backwards within the slack neither grows nor moves the window;
+* the wanted range of a sequential run starts ``slack_bytes`` behind the furthest read (never
+  before the run's first byte), at `Window.hold`: reads the kernel sent before the furthest one
+  may still be waiting for those bytes, and letting them drop out of every want for an instant
+  would cancel their requests only to send them again (a stream's bandwidth wasted twice).
 
 `head_tail` gives the ranges to fetch first when a media file is opened: players and
 ``ffprobe`` read the container's index at the start and often at the end (MP4 ``moov``, MKV
@@ -50,7 +60,7 @@ class ReadaheadPolicy:
     min_bytes: int = 4 * MiB
     max_bytes: int = 128 * MiB
     seconds_ahead: float = 10.0
-    slack_bytes: int = 4 * MiB
+    slack_bytes: int = 16 * MiB
     ahead_delay: float = 2.0
 
     def __post_init__(self) -> None:
@@ -66,8 +76,10 @@ class ReadaheadPolicy:
 class Window:
     """What one handle wants after a read: ``[start, end)``, urgent up to ``urgent_end``.
 
-    ``start <= urgent_end <= end <= file size``. ``sequential`` tells whether the read continued
-    the stream (False for the first read and for a seek).
+    ``hold <= start <= urgent_end <= end <= file size``. ``sequential`` tells whether the read
+    continued the stream (False for the first read and for a seek, which want nothing ahead:
+    ``end == urgent_end``). ``[hold, end)`` is what the handle should keep wanted: ``hold`` is
+    behind the read when earlier reads of the run may still be waiting (module docstring).
     """
 
     start: int
@@ -76,6 +88,7 @@ class Window:
     urgent_deadline: float
     ahead_deadline: float
     sequential: bool
+    hold: int
 
     @property
     def urgent(self) -> tuple[int, int]:
@@ -91,7 +104,7 @@ class Window:
 class ReadaheadState:
     """The read pattern of one open handle on a file of `file_size` bytes."""
 
-    __slots__ = ("_front", "_window", "file_size", "policy")
+    __slots__ = ("_front", "_run_start", "_window", "file_size", "policy")
 
     def __init__(self, policy: ReadaheadPolicy, file_size: int) -> None:
         if file_size < 0:
@@ -99,6 +112,7 @@ class ReadaheadState:
         self.policy = policy
         self.file_size = file_size
         self._front: int | None = None  # furthest byte read so far in this sequential run
+        self._run_start = 0  # where this sequential run began (its first read)
         self._window = policy.min_bytes
 
     @property
@@ -127,9 +141,10 @@ class ReadaheadState:
         else:
             sequential = False
             self._window = policy.min_bytes
+            self._run_start = start
             front = read_end
         self._front = front
-        end = min(self.file_size, front + self._window)
+        end = min(self.file_size, front + self._window) if sequential else read_end
         return Window(
             start=start,
             end=end,
@@ -137,6 +152,7 @@ class ReadaheadState:
             urgent_deadline=now,
             ahead_deadline=now + policy.ahead_delay,
             sequential=sequential,
+            hold=min(start, max(self._run_start, front - policy.slack_bytes)),
         )
 
 

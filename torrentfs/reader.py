@@ -171,10 +171,11 @@ class Reader:
         if self.closed:
             return
         # The bytes this read waits for are wanted by `Torrent.read` itself (NOW); this
-        # handle's one standing want is the ahead part, moved in place (a seek drops the old
-        # range at once).
-        ahead_start, ahead_len = window.ahead
-        if ahead_len <= 0:
+        # handle's one standing want is the window, moved in place (a seek drops the old range
+        # at once). It starts at `Window.hold`, not after this read: moving it past bytes that
+        # this or an earlier read of the run has yet to get would cancel their requests
+        # (nobody wants them for an instant) only to ask for them again.
+        if window.ahead[1] <= 0:
             if self._window_want is not None:
                 self._window_want.drop()
                 self._window_want = None
@@ -182,8 +183,8 @@ class Reader:
         if self._window_want is None:
             self._window_want = self.torrent.new_want()
         self._window_want.update(
-            self.file_offset + ahead_start,
-            ahead_len,
+            self.file_offset + window.hold,
+            window.end - window.hold,
             priority=Priority.HIGH,
             deadline=window.ahead_deadline,
         )

@@ -363,30 +363,49 @@ class Torrent:
             return
         pieces = self.geometry.pieces_for_range(offset, length)
         key = (pieces.start, pieces.stop, priority)
-        if self._want_ranges.get(want_id) == key:
+        old = self._want_ranges.get(want_id)
+        if old == key:
             return  # the same pieces at the same priority: nothing for the picker to redo
         self._want_ranges[want_id] = key
         self.picker.add_want(want_id, pieces.start, pieces.stop - 1, priority, deadline)
-        if any(not self.have[p] for p in pieces):
+        if old is not None:
+            # A moved window (a seek): requests for pieces it no longer covers must not hold
+            # up the bytes wanted now.
+            self._cancel_unwanted(range(old[0], old[1]), keep=pieces)
+        if not self._have_all(pieces):
             self._activate()
-            if priority >= Priority.NOW:
-                self._cancel_unwanted()
             self._on_wants_changed()
 
     def _drop_want(self, want_id: int) -> None:
-        self._want_ranges.pop(want_id, None)
+        old = self._want_ranges.pop(want_id, None)
         self.picker.remove_want(want_id)
-        self._cancel_unwanted()
-        self._on_wants_changed()
+        if old is None:
+            return
+        dropped = range(old[0], old[1])
+        if not self._have_all(dropped):
+            # Only a range with missing pieces can leave requests nobody wants, or end the
+            # interest in a peer; a read's NOW want dropped after its pieces came cannot.
+            self._cancel_unwanted(dropped)
+            self._on_wants_changed()
 
-    def _cancel_unwanted(self) -> None:
-        """Withdraw requests for pieces nobody wants any more (a seek dropped their window).
+    def _have_all(self, pieces: range) -> bool:
+        have = self.have
+        return all(have[p] for p in pieces)
 
-        Otherwise an urgent read queues behind them at the peer: head-of-line blocking.
+    def _cancel_unwanted(self, pieces: range, keep: range = range(0)) -> None:
+        """Withdraw requests for those of `pieces` nobody wants any more (a seek moved the
+        window away, a handle was released).
+
+        Otherwise an urgent read queues behind them at the peer: head-of-line blocking. Costs
+        nothing when no piece of `pieces` lost its last want while still missing.
         """
         picker = self.picker
+        have = self.have
+        lost = {p for p in pieces if p not in keep and not have[p] and not picker.is_wanted(p)}
+        if not lost:
+            return
         for peer in list(self.peers):
-            stale = [r for r in picker.requests_of(peer) if not picker.is_wanted(r[0])]
+            stale = [r for r in picker.requests_of(peer) if r[0] in lost]
             for piece, begin, _length in stale:
                 picker.request_failed(piece, begin, peer)
             if stale:
@@ -631,6 +650,14 @@ class Torrent:
             await conn.aclose()
             return
         if conn.address.host in self.banned or len(self.peers) >= self.config.max_peers:
+            await conn.aclose()
+            return
+        host = conn.address.host
+        if any(p.peer_id == hs.peer_id and p.address.host == host for p in self.peers):
+            # The peer dialled us while we dialled it: two pipelines to one peer only ask it
+            # for blocks twice (time-critical and endgame duplicates are meant for *another*
+            # peer), a third of a stream's bandwidth wasted. Keep the first connection. (The
+            # same id from another address is another peer: ids are not unique in the wild.)
             await conn.aclose()
             return
         if self._global_peers is not None:

@@ -1,0 +1,137 @@
+"""The engine's want handling (torrent.py): what a moved, dropped or urgent want asks of peers.
+
+A fake connection records what the torrent queues for a peer; no network. Checked: a seek
+withdraws (BEP 3 ``cancel``) exactly the requests nobody wants any more, so an urgent read does
+not queue behind them at the peer; wants that only move forward over what is still being read,
+and a read's urgent want dropped once its pieces are here, cancel nothing; a second connection
+to a peer already connected (same peer id) is refused.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from torrentfs.bencode import encode
+from torrentfs.metainfo import Metainfo, parse_metainfo
+from torrentfs.picker import Priority
+from torrentfs.storage.base import MemoryStore
+from torrentfs.torrent import Peer, Torrent, TorrentConfig
+from torrentfs.types import PeerAddress
+from torrentfs.wire import messages as m
+from torrentfs.wire.handshake import Handshake
+
+PIECE = 32 * 1024
+PIECES = 64
+CANCEL = 8  # BEP 3 message id
+
+
+def metainfo() -> Metainfo:
+    info = {
+        b"name": b"f.bin",
+        b"piece length": PIECE,
+        b"length": PIECE * PIECES,
+        b"pieces": b"\0" * 20 * PIECES,
+    }
+    return parse_metainfo(encode({b"info": info}))
+
+
+class FakeConn:
+    """What `Torrent` uses of a `PeerConnection`: it queues bytes and may close it."""
+
+    def __init__(self, host: str) -> None:
+        self.address = PeerAddress(host, 6881)
+        self.sent = bytearray()
+        self.closed = False
+        self.outbox_bytes = 0
+
+    def queue(self, data: bytes) -> None:
+        self.sent += data
+
+    def abort(self, reason: str) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def cancels(self) -> list[tuple[int, int, int]]:
+        """The ``cancel`` messages queued so far, ``(index, begin, length)``; then forget all."""
+        out = []
+        data, pos = bytes(self.sent), 0
+        while pos + 4 <= len(data):
+            (n,) = struct.unpack_from(">I", data, pos)
+            if n and data[pos + 4] == CANCEL:
+                out.append(struct.unpack_from(">III", data, pos + 5))
+            pos += 4 + n
+        self.sent.clear()
+        return out
+
+
+def torrent_with_seed() -> tuple[Torrent, Peer, FakeConn]:
+    config = TorrentConfig(min_pipeline=4096, max_pipeline=4096)
+    store = MemoryStore(PIECE, PIECE * PIECES)
+    t = Torrent(metainfo(), store, peer_id=b"-TF0100-ourselves000", listen_port=1, config=config)
+    conn = FakeConn("127.0.0.2")
+    peer = Peer(conn, t)  # type: ignore[arg-type]
+    peer.peer_id = b"-LT2080-theseeder000"
+    peer.peer_choking = False
+    peer.reqq = 4096
+    t.peers[peer] = None
+    t.picker.peer_have_all(peer)
+    return t, peer, conn
+
+
+def requested_pieces(t: Torrent, peer: Peer) -> set[int]:
+    return {r[0] for r in t.picker.requests_of(peer)}
+
+
+def want(t: Torrent, first: int, last: int, priority: Priority = Priority.HIGH) -> Any:
+    """A want of pieces ``first..last`` (inclusive)."""
+    return t.want_range(first * PIECE, (last - first + 1) * PIECE, priority=priority, deadline=None)
+
+
+async def test_a_seek_cancels_only_the_requests_nobody_wants_any_more() -> None:
+    t, peer, conn = torrent_with_seed()
+    window = want(t, 0, 9)
+    other = want(t, 8, 12)  # another handle's window overlaps the first one
+    assert requested_pieces(t, peer) == set(range(13))
+    conn.cancels()
+    window.update(40 * PIECE, 10 * PIECE, priority=Priority.HIGH, deadline=None)  # a seek
+    cancelled = conn.cancels()
+    assert {c[0] for c in cancelled} == set(range(8))  # 8..12 are still wanted by the other
+    assert len(cancelled) == 8 * (PIECE // 16384)
+    assert requested_pieces(t, peer) == set(range(8, 13)) | set(range(40, 50))
+    other.drop()  # a release cancels what only it wanted
+    assert {c[0] for c in conn.cancels()} == set(range(8, 13))
+    assert requested_pieces(t, peer) == set(range(40, 50))
+
+
+async def test_moving_over_pieces_still_read_and_dropping_a_served_read_cancel_nothing() -> None:
+    t, peer, conn = torrent_with_seed()
+    window = want(t, 10, 20)
+    reads = [want(t, p, p, Priority.NOW) for p in (10, 11)]  # two reads wait for 10 and 11
+    conn.cancels()
+    window.update(12 * PIECE, 12 * PIECE, priority=Priority.HIGH, deadline=None)
+    assert conn.cancels() == []  # 10 and 11 are still wanted by their reads
+    assert {10, 11} <= requested_pieces(t, peer)
+    # piece 10 arrives and is verified; its read's urgent want goes: nothing to cancel
+    for begin in range(0, PIECE, 16384):
+        t.picker.block_received(10, begin, peer, 16384)
+    t._piece_verified(10)
+    conn.cancels()
+    reads[0].drop()
+    assert conn.cancels() == []
+
+
+async def test_a_second_connection_to_a_connected_peer_is_refused() -> None:
+    t, peer, _conn = torrent_with_seed()
+    again = FakeConn("127.0.0.2")
+    hs = Handshake.ours(t.info_hash, peer.peer_id)
+    await t._run_peer(again, hs)  # type: ignore[arg-type]
+    assert again.closed and list(t.peers) == [peer]
+
+
+def test_cancel_message_layout() -> None:
+    conn = FakeConn("127.0.0.9")
+    conn.queue(m.encode(m.Cancel(3, 16384, 16384)))
+    assert conn.cancels() == [(3, 16384, 16384)]

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from torrentfs.metainfo import FileEntry, Metainfo
+from torrentfs.metainfo import FileEntry, Metainfo, sanitize_component
 
 ROOT_INODE = 1
 """FUSE's root inode (``FUSE_ROOT_ID``)."""
@@ -252,10 +252,15 @@ class FsTree:
         return node
 
     def add_placeholder(self, info_hash: bytes, name: str, mtime: int | None = None) -> Node:
-        """Show a torrent known only by its info-hash (a magnet) as an empty directory."""
+        """Show a torrent known only by its info-hash (a magnet) as an empty directory.
+
+        `name` (a magnet's ``dn``) is untrusted: it is made one safe component, as torrent
+        names are (a ``/`` in a name would make the kernel fail the whole root listing).
+        """
         existing = self.top(info_hash)
         if existing is not None:
             return existing
+        name = sanitize_component(name) or info_hash.hex()
         top = self._new(
             self.root,
             self._top_name(name, info_hash, is_dir=True),

@@ -31,6 +31,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -109,10 +110,18 @@ def _open_parent(root: Path, components: Sequence[str], *, create: bool) -> int:
                 child = os.open(component, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR: say ELOOP for
+                    # links, so a reader sees "too many levels of symbolic links".
+                    code = exc.errno
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISLNK(
+                            os.stat(component, dir_fd=fd, follow_symlinks=False).st_mode
+                        ):
+                            code = errno.ELOOP
                     raise UnsafePath(
                         f"{component!r} under {root} is not a plain directory (symlink?): "
                         "refusing to follow it",
-                        errno=exc.errno,
+                        errno=code,
                     ) from None
                 raise
             os.close(fd)

@@ -464,9 +464,19 @@ async def recheck(
     found = Bitfield(metainfo.num_pieces)
     todo = range(metainfo.num_pieces) if pieces is None else pieces
     checker = PieceChecker(store, metainfo)
+    unusable: list[StorageError] = []
 
     async def check(piece: int) -> None:
-        if await checker.matches(piece):
+        try:
+            matched = await checker.matches(piece)
+        except StorageError as exc:
+            # Unreadable, or not ours to read (a symlink planted in the download dir): the
+            # piece is simply not found; fetching it will report the problem to its readers.
+            if not unusable:
+                log.warning("%s: cannot check piece %d: %s", metainfo.name, piece, exc)
+            unusable.append(exc)
+            return
+        if matched:
             found.set(piece)
 
     send, receive = trio.open_memory_channel[int](0)

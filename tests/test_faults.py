@@ -66,7 +66,7 @@ def mounts(isolated_network: None) -> Iterator[list[TorrentfsMount]]:
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``path`` in this (private) mount namespace; unmounted after."""
-    if not _private_mount_namespace():
+    if not private_mount_namespace():
         pytest.fail("needs a private mount namespace: run through scripts/test", pytrace=False)
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
@@ -76,7 +76,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _private_mount_namespace() -> bool:
+def private_mount_namespace() -> bool:
     """True if mounts made here cannot propagate to the host (``/`` is not a shared mount)."""
     with open("/proc/self/mountinfo") as f:
         for line in f:

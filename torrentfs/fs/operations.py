@@ -30,7 +30,9 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import stat
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +142,50 @@ class Engine(Protocol):
     def get(self, info_hash: bytes) -> Any: ...
 
 
+class PageInvalidator:
+    """Drops the kernel's cached pages of inodes, from its own thread.
+
+    ``invalidate_inode(inode, attr_only=False)`` makes the kernel lock every cached page of
+    the inode, and a page whose read is in flight stays locked until that read is answered -
+    by the trio thread that serves every request. Called from that thread it waits for
+    itself: the whole mount hangs (found by the churn test: a torrent removed while 8 readers
+    were reading it). This thread may wait; the trio thread goes on answering reads.
+    """
+
+    def __init__(
+        self,
+        live: Callable[[], bool],
+        invalidate: Callable[..., None] = pyfuse3.invalidate_inode,
+    ) -> None:
+        self._live = live  # False once unmounting: the FUSE session may be gone
+        self._invalidate = invalidate
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, inodes: set[int]) -> None:
+        if not inodes:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fuse-invalidate", daemon=True)
+            self._thread.start()
+        for inode in inodes:
+            self._queue.put(inode)
+
+    def close(self) -> None:
+        """Stop the thread once the queue is done (it never blocks the caller)."""
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (inode := self._queue.get()) is not None:
+            if not self._live():
+                continue
+            try:
+                self._invalidate(inode, attr_only=False)
+            except Exception:  # unmounted meanwhile, or an inode already forgotten
+                log.debug("cannot invalidate inode %d", inode, exc_info=True)
+
+
 @dataclass(eq=False)
 class Handle:
     """One open file: its reader and the reads it has in flight (to end them on shutdown)."""
@@ -194,6 +240,7 @@ class FsOperations(pyfuse3.Operations):
         self.status: StatusSource | None = None
         """Set by the app: the root's ``user.torrentfs.status``, the budget for ``statfs``."""
         self.invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
+        self.page_invalidator = PageInvalidator(lambda: self.mounted and not self.closing)
 
     def init(self) -> None:
         """pyfuse3: the kernel's FUSE INIT is being answered (called once, never raises)."""
@@ -272,14 +319,14 @@ class FsOperations(pyfuse3.Operations):
                 for scope in handle.scopes:
                     scope.cancel()
         if self.mounted:
-            # Open handles must see EIO, not pages the kernel kept (keep_cache): drop them.
-            for inode in stale_inodes:
-                try:
-                    pyfuse3.invalidate_inode(inode, attr_only=False)
-                except Exception:
-                    log.debug("cannot invalidate inode %d", inode, exc_info=True)
+            # Open handles must see EIO, not pages the kernel kept (keep_cache): drop them
+            # (never from this thread: see `PageInvalidator`).
+            self.page_invalidator.submit(stale_inodes)
             try:
-                self.invalidate_entry(ROOT_INODE, top.name, top.inode, ignore_enoent=True)
+                # A deletion notice for a directory fails (ENOTEMPTY, logged by pyfuse3 with
+                # a traceback) while the kernel still caches its children: just drop the entry.
+                deleted = 0 if top.is_dir else top.inode
+                self.invalidate_entry(ROOT_INODE, top.name, deleted, ignore_enoent=True)
             except Exception:  # the kernel caches the entry a little longer; nothing breaks
                 log.exception("cannot invalidate %r", top.name)
         return True
@@ -291,6 +338,7 @@ class FsOperations(pyfuse3.Operations):
             for scope in handle.scopes:
                 scope.cancel()
             handle.reader.release()
+        self.page_invalidator.close()
 
     async def wait_drained(self, *, quiet: float = 0.2, limit: float = 2.0) -> None:
         """After `shutdown`: wait (at most ``limit`` s) until no read came for ``quiet`` s.

@@ -44,7 +44,7 @@ LAYOUTS: list[tuple[str, Any]] = [
     ("album", [("01.flac", 5_500_000), ("02.flac", 7_200_000), ("cover.jpg", 70_000)]),
     ("tiny", 300_000),
 ]
-SEED_ARGS = ["--upload-limit", str(MiB)]
+SEED_ARGS = ["--upload-limit", str(MiB), "--limit-local"]
 """Slow seeders: much of the data is still in flight when a seeder dies or a torrent goes."""
 
 

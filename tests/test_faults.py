@@ -278,7 +278,7 @@ def test_every_peer_vanishing_mid_piece_gives_eio_then_service_resumes(
     # 1 MiB pieces at 256 KiB/s: a piece takes ~4 s, so the kill lands inside one.
     source, torrent, seeder = seeded_file(
         tmp_path, tracker, lt_seeder_factory, 16 * MiB, name="vanish", piece_length=MiB,
-        extra_args=("--upload-limit", str(256 * 1024)),
+        extra_args=("--upload-limit", str(256 * 1024), "--limit-local"),
     )  # fmt: skip
     m = TorrentfsMount(tmp_path / "m", "--read-timeout", "6", "--readahead-max", "1M")
     mounts.append(m)
@@ -529,7 +529,7 @@ def test_sigkill_at_random_points_then_every_byte_served_verifies(
     rng = random.Random(seed)
     source, torrent, _ = seeded_file(
         tmp_path, tracker, lt_seeder_factory, 32 * MiB, name="killed",
-        extra_args=("--upload-limit", str(MiB)),
+        extra_args=("--upload-limit", str(MiB), "--limit-local"),
     )  # fmt: skip
     data = source.read_bytes()
     metainfo = parse_metainfo(torrent.read_bytes())

@@ -12,7 +12,8 @@ Modes::
     lt_peer.py leech TORRENT|MAGNET --out DIR [--listen 127.0.0.3:0] [--sequential] [--no-recheck]
 
 Common options: ``--tracker-less`` (drop every tracker from the torrent), ``--peer HOST:PORT``
-(repeatable; connect to that peer directly), ``--upload-limit``/``--download-limit`` (bytes/s),
+(repeatable; connect to that peer directly), ``--upload-limit``/``--download-limit`` (bytes/s;
+they spare loopback peers, as libtorrent does, unless ``--limit-local`` is given),
 ``--dht`` / ``--dht-bootstrap HOST:PORT`` (BEP 5 on the listen port; off by default),
 ``--timeout SECONDS``, ``--no-pex`` (BEP 11 off for this torrent), ``--report-peers`` (a
 ``{"event": "peer", "ip", "port", "source", "pex"}`` line per connected peer, ``pex`` when it was
@@ -135,10 +136,10 @@ def make_session(args: argparse.Namespace) -> Any:
         # under our isolation settings.
         settings = {**lt.high_performance_seed(), **settings}
     ses = lt.session(settings)
-    if args.upload_limit or args.download_limit:
+    if args.limit_local and (args.upload_limit or args.download_limit):
         # Peers on a local network (all of 127.0.0.0/8) are in libtorrent's "local" peer class,
-        # which the session-wide rate limits do not cover: limit that class too, or the limits
-        # would do nothing on loopback.
+        # which the session-wide rate limits do not cover: without this the limits do nothing
+        # on loopback (tests written before --limit-local rely on that; it is opt-in).
         local = ses.get_peer_class(ses.local_peer_class_id)
         local["upload_limit"] = args.upload_limit
         local["download_limit"] = args.download_limit
@@ -371,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--peer", type=parse_hostport, action="append", default=[])
     common.add_argument("--upload-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
     common.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
+    common.add_argument(
+        "--limit-local",
+        action="store_true",
+        help="apply the limits to loopback/LAN peers too (libtorrent exempts them by default)",
+    )
     common.add_argument("--dht", action="store_true", help="run a DHT node on the listen port")
     common.add_argument(
         "--dht-bootstrap", type=parse_hostport, action="append", default=[], help="implies --dht"

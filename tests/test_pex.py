@@ -133,7 +133,7 @@ async def test_a_peer_learned_only_through_pex_is_connected_and_used(
     b = lt_seeder_factory(t, payload.root.parent, tracker_less=True, extra_args=["--no-pex"])
     a = lt_leecher_factory(
         t, tmp_path / "a", tracker_less=True, peers=[b],
-        extra_args=["--download-limit", "1000", "--report-peers"],
+        extra_args=["--download-limit", "1000", "--limit-local", "--report-peers"],
     )  # fmt: skip
     a.wait_event("peer", timeout=30)  # A is connected to B
     meta = parse_metainfo(t.path.read_bytes())
@@ -164,7 +164,8 @@ async def test_libtorrent_learns_a_peer_from_our_pex(
         assert len(await torrent.read(0, 10, timeout=30)) == 10
         x = lt_leecher_factory(
             t, tmp_path / "x", tracker_less=True, peers=[("127.0.0.1", session.listen_port)],
-            extra_args=["--download-limit", "100000", "--report-peers", "--no-recheck"],
+            extra_args=["--download-limit", "100000", "--limit-local", "--report-peers",
+                        "--no-recheck"],
         )  # fmt: skip
         with trio.fail_after(120):
             while True:

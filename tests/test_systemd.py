@@ -149,7 +149,7 @@ def test_status_line_sums_the_torrents() -> None:
 # --------------------------------------------------------------------------- the ExecStart
 
 
-def test_execstart_notifies_ready_only_when_mounted_then_stopping(
+def test_execstart_notifies_ready_only_when_mounted_then_status_then_stopping(
     tmp_path: Path, isolated_network: None, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, sock_path = notify_socket
@@ -189,6 +189,13 @@ def test_execstart_notifies_ready_only_when_mounted_then_stopping(
                 assert os.listdir(mnt) == ["show.bin"]
             messages.append(msg)
         assert proc.poll() is None
+        # Progress arrives as STATUS= lines while it runs (every STATUS_INTERVAL seconds).
+        while True:
+            msg = sock.recv(4096)
+            assert b"STOPPING=1" not in msg
+            if msg.startswith(b"STATUS="):
+                break
+        assert b"1 torrents (0 complete)" in msg and b"of 48.8 KiB verified" in msg, msg
         proc.send_signal(signal.SIGTERM)
         while True:
             msg = sock.recv(4096)

@@ -61,14 +61,17 @@ def test_far_bucket_keeps_k_and_caches_replacements() -> None:
     later = GOOD_INTERVAL + 10
     assert t.heard_from(node(101), later, responded=True) == [PingRequest(node(0))]
     assert t.heard_from(node(102), later, responded=True) == []  # one ping at a time
-    # node 0 does not answer: it is replaced by the newest replacement.
-    t.failed(node(0).node_id, later)
+    # node 0 does not answer: it is pinged once more (BEP 5), then replaced by the newest
+    # replacement, and the next questionable node is pinged at once.
+    assert t.failed(node(0).node_id, later) == [PingRequest(node(0))]
+    assert t.get(node(0).node_id) is not None
+    assert t.failed(node(0).node_id, later) == [PingRequest(node(1))]
     assert t.get(node(0).node_id) is None
     assert t.get(node(102).node_id) is not None
-    # The next questionable node is pinged on the next arrival; it answers and stays good.
-    assert t.heard_from(node(103), later, responded=True) == [PingRequest(node(1))]
-    t.heard_from(node(1), later + 1, responded=True)
+    # node 1 answers and stays good; the next questionable one is pinged (replacements wait).
+    assert t.heard_from(node(1), later + 1, responded=True) == [PingRequest(node(2))]
     assert t.state(node(1).node_id, later + 1) is NodeState.GOOD
+    assert t.heard_from(node(103), later + 1, responded=True) == []  # node 2's ping in flight
 
 
 def test_bad_nodes_replaced_and_excluded() -> None:

@@ -13,8 +13,8 @@ waits expire, until `done`. Guarantees:
 * The lookup ends when the K closest live candidates have all answered, or nothing closer is left
   to ask, or the query budget is spent -- and nothing is in flight.
 * For get_peers, `peers` collects ``values`` from every responder (deduplicated, in arrival
-  order) and `announce_targets` gives the K closest responders that sent a token: where the I/O
-  layer sends announce_peer.
+  order; `peer_sources` says which node gave each first) and `announce_targets` gives the K
+  closest responders that sent a token: where the I/O layer sends announce_peer.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Lookup:
         self._in_flight: dict[bytes, _Candidate] = {}  # kept even if trimmed from _order
         self._seen_endpoints: set[tuple[str, int]] = set()
         self._queried_ids: set[bytes] = set()
-        self._peers: dict[PeerAddress, None] = {}
+        self._peers: dict[PeerAddress, NodeInfo] = {}
         self.queries_sent = 0
         self.responses = 0
         self._add_nodes(seeds)
@@ -114,6 +114,10 @@ class Lookup:
     @property
     def peers(self) -> list[PeerAddress]:
         return list(self._peers)
+
+    def peer_sources(self) -> list[tuple[PeerAddress, NodeInfo]]:
+        """Every peer found, with the node whose ``values`` named it first."""
+        return list(self._peers.items())
 
     @property
     def done(self) -> bool:
@@ -165,7 +169,7 @@ class Lookup:
         for peer in response.values:
             if len(self._peers) >= self.max_peers:
                 break
-            self._peers.setdefault(peer, None)
+            self._peers.setdefault(peer, node)
         self._add_nodes((*response.nodes, *response.nodes6))
 
     def on_error(self, node: NodeInfo) -> None:

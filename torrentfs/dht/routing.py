@@ -11,8 +11,10 @@ Model (BEP 5, "Routing Table"):
 * A new node meeting a full bucket that cannot split: it replaces a bad node if there is one;
   otherwise it waits in the bucket's replacement cache (at most K, newest kept) and the least
   recently seen questionable node is pinged (a `PingRequest` action for the I/O layer; one ping in
-  flight per node). When a pinged or queried node fails (`failed`) while not good, or becomes bad,
-  it is replaced by the newest cached replacement.
+  flight per bucket). As BEP 5 says: a pinged node that answers stays, and the next questionable
+  node is pinged while replacements wait; one that fails is pinged once more before it is
+  discarded; a node that becomes bad (`MAX_FAILURES` failures in a row, pings or other queries)
+  is replaced by the newest cached replacement.
 * Buckets not changed for `REFRESH_INTERVAL` (15 min) need a refresh: `refresh_targets` returns a
   random id in each such bucket's range to run a find_node lookup on.
 
@@ -216,24 +218,38 @@ class RoutingTable:
             entry = bucket.nodes[i]
             if entry.node != node:
                 return []  # same id from another endpoint: keep the one we know
+            was_pinged = entry.ping_pending
             self._touch(bucket, i, now, responded=responded)
+            if was_pinged and responded and bucket.replacements:
+                return self._ping_next(bucket, now)  # BEP 5: go on with the next one
             return []
         entry = NodeEntry(node, now if responded else None, None if responded else now)
         return self._insert(entry, now)
 
-    def failed(self, node_id: bytes, now: float) -> None:
-        """A query to `node_id` timed out or was answered with an error."""
+    def failed(self, node_id: bytes, now: float) -> list[PingRequest]:
+        """A query to `node_id` timed out or was answered with an error.
+
+        Returns the pings to send next: the same node once more if a ping to it failed for the
+        first time, or the next questionable node once a bad one made room for a replacement.
+        """
         if len(node_id) != NODE_ID_LEN:
-            return
+            return []
         bucket = self._bucket_for(int.from_bytes(node_id, "big"))
         i = bucket.find(node_id)
         if i < 0:
-            return
+            return []
         entry = bucket.nodes[i]
         entry.failures += 1
+        was_pinged = entry.ping_pending
         entry.ping_pending = False
-        if entry.state(now) is not NodeState.GOOD and self._promote_replacement(bucket, i, now):
-            return
+        if entry.state(now) is not NodeState.BAD:
+            if was_pinged:
+                entry.ping_pending = True  # BEP 5: try once more before discarding it
+                return [PingRequest(entry.node)]
+            return []
+        if self._promote_replacement(bucket, i, now) and bucket.replacements:
+            return self._ping_next(bucket, now)
+        return []
 
     def remove(self, node_id: bytes) -> None:
         if len(node_id) != NODE_ID_LEN:
@@ -266,8 +282,11 @@ class RoutingTable:
         k: int = K,
         max_per_ip: int | None = 1,
         enforce_node_id: bool = False,
+        own_id: bytes | None = None,
     ) -> RoutingTable:
-        """Rebuild a table from `save` output (nodes start questionable); `SavedTableError`."""
+        """Rebuild a table from `save` output (nodes start questionable); `SavedTableError`.
+
+        `own_id` replaces the saved id (e.g. a new BEP 42 id after our address changed)."""
         try:
             top = bdecode(data, max_depth=2, max_size=1 << 20)
         except BencodeError as e:
@@ -293,6 +312,8 @@ class RoutingTable:
                     nodes.extend(dec(raw[i : i + size * 64]))
         except KrpcError as e:
             raise SavedTableError(f"saved DHT table: {e}") from None
+        if own_id is not None:
+            own = own_id
         table = cls(own, now, k=k, max_per_ip=max_per_ip, enforce_node_id=enforce_node_id)
         for node in nodes:
             if table._acceptable(node) and table.get(node.node_id) is None:
@@ -367,9 +388,14 @@ class RoutingTable:
                 bucket.last_changed = now
                 return []
         self._add_replacement(bucket, entry)
+        return self._ping_next(bucket, now)
+
+    def _ping_next(self, bucket: Bucket, now: float) -> list[PingRequest]:
+        """Ping the least recently seen questionable node, unless a ping is in flight."""
         for old in bucket.nodes:  # least recently seen first
             if old.ping_pending:
                 return []  # one questionable node at a time (BEP 5)
+        for old in bucket.nodes:
             if old.state(now) is NodeState.QUESTIONABLE:
                 old.ping_pending = True
                 return [PingRequest(old.node)]

@@ -130,18 +130,20 @@ class _Bucket:
 class RateLimiter:
     """Token buckets per source IP plus one global bucket."""
 
-    rate: float = 20.0
-    burst: float = 40.0
-    global_rate: float = 2000.0
+    rate: float = 10.0
+    burst: float = 30.0
+    global_rate: float = 100.0
     max_sources: int = 4096
     _sources: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     _global: _Bucket | None = None
 
     def allow(self, ip: str, now: float) -> bool:
+        """Whether to answer one more query from `ip` now (and count it if so).
+
+        The source's own bucket is asked first: a flooder over its limit does not use up the
+        global budget, so it cannot starve everybody else."""
         if self._global is None:
             self._global = _Bucket(self.global_rate, now)
-        if not self._take(self._global, self.global_rate, self.global_rate, now):
-            return False
         bucket = self._sources.get(ip)
         if bucket is None:
             if len(self._sources) >= self.max_sources:
@@ -149,7 +151,12 @@ class RateLimiter:
             bucket = self._sources[ip] = _Bucket(self.burst, now)
         else:
             self._sources.move_to_end(ip)
-        return self._take(bucket, self.rate, self.burst, now)
+        if not self._take(bucket, self.rate, self.burst, now):
+            return False
+        if not self._take(self._global, self.global_rate, self.global_rate, now):
+            bucket.tokens += 1.0  # not answered: the source keeps its token
+            return False
+        return True
 
     @staticmethod
     def _take(bucket: _Bucket, rate: float, burst: float, now: float) -> bool:
@@ -201,14 +208,14 @@ class DhtServer:
         """Answer `query` from `source`: (datagram to send back or None, routing actions)."""
         if self.read_only:
             return None, []
+        if not self.rate_limiter.allow(source.host, now):
+            self.dropped += 1
+            return None, []  # a flood changes nothing here, not even the routing table
         actions: list[PingRequest] = []
         if not query.read_only:
             actions = self.table.heard_from(
                 NodeInfo(query.sender_id, source.host, source.port), now, responded=False
             )
-        if not self.rate_limiter.allow(source.host, now):
-            self.dropped += 1
-            return None, actions
         reply = self._answer(query, source, now)
         return encode_message(reply), actions
 

@@ -42,6 +42,7 @@ import trio
 from torrentfs import config
 from torrentfs.budget import DiskCache
 from torrentfs.daemon import Readiness, daemonize, report_status
+from torrentfs.engine_cli import dht_bootstrap, parse_dht_nodes
 from torrentfs.errors import TorrentfsError, TorrentRemoved
 from torrentfs.eviction import parse_pin_value, readahead_cap
 from torrentfs.fs.mount import (
@@ -171,6 +172,11 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    help="listen address (default: every interface)")  # fmt: skip
     p.add_argument("--no-upload", action="store_true", help="never upload (leech only)")
     p.add_argument("--no-dht", action="store_true", help="do not use the DHT")
+    p.add_argument("--dht-port", type=int, default=None,
+                   help="UDP port of the DHT node (default: the listen port)")  # fmt: skip
+    p.add_argument("--dht-bootstrap", type=parse_dht_nodes, default=None, metavar="NODES",
+                   help="DHT bootstrap nodes: HOST:PORT items separated by ';' or ',' "
+                   "(';' inside -o), or none (default: the public routers)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
     return p
 
@@ -317,6 +323,8 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
         listen_port=port,
         upload=upload,
         dht=not args.no_dht,
+        dht_port=args.dht_port,
+        dht_bootstrap=dht_bootstrap(args.dht_bootstrap),
         torrent=TorrentConfig(upload=upload),
         disk_cache=True,
         cache_size=args.cache_size,

@@ -21,6 +21,7 @@ import trio
 from torrentfs.errors import ReadTimeout, TorrentfsError
 from torrentfs.magnet import Magnet, parse_magnet
 from torrentfs.metainfo import Metainfo, parse_metainfo
+from torrentfs.net.dht_node import DEFAULT_BOOTSTRAP
 from torrentfs.session import (
     Session,
     SessionConfig,
@@ -42,6 +43,25 @@ def parse_host_port(text: str) -> PeerAddress:
     return PeerAddress(host, int(port))
 
 
+def parse_dht_nodes(text: str) -> tuple[PeerAddress, ...]:
+    """``HOST:PORT`` items separated by commas, semicolons or spaces; ``none`` is no node."""
+    items = text.replace(",", " ").replace(";", " ").split()
+    if items == ["none"]:
+        return ()
+    nodes = []
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {item!r}")
+        nodes.append(PeerAddress(host.strip("[]"), int(port)))
+    return tuple(nodes)
+
+
+def dht_bootstrap(value: tuple[PeerAddress, ...] | None) -> tuple[PeerAddress, ...]:
+    """The ``--dht-bootstrap`` setting, or the public routers when none was given."""
+    return DEFAULT_BOOTSTRAP if value is None else value
+
+
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the engine."""
     parser.add_argument(
@@ -53,6 +73,16 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=None, help="listen port (default 6881)")
     parser.add_argument("--no-dht", action="store_true", help="do not use the DHT")
+    parser.add_argument(
+        "--dht-port", type=int, default=None, help="UDP port of the DHT node (default: --port)"
+    )
+    parser.add_argument(
+        "--dht-bootstrap",
+        type=parse_dht_nodes,
+        default=None,
+        metavar="NODES",
+        help="DHT bootstrap nodes, HOST:PORT[,HOST:PORT...], or none (default: the public routers)",
+    )
     parser.add_argument("--no-upload", action="store_true", help="never upload to peers")
     parser.add_argument("--no-trackers", action="store_true", help="do not announce to trackers")
     parser.add_argument(
@@ -92,6 +122,8 @@ def session_config(args: argparse.Namespace, download_dir: Path) -> SessionConfi
         listen_port=port,
         upload=not args.no_upload,
         dht=not args.no_dht,
+        dht_port=args.dht_port,
+        dht_bootstrap=dht_bootstrap(args.dht_bootstrap),
         trackers=not args.no_trackers,
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,

@@ -13,6 +13,11 @@ yet is not rechecked piece by piece.
 Limits enforced here: total peer connections, half-open (connecting) dials, incoming connections
 still handshaking (`max_pending_handshakes`), and a handshake deadline for incoming connections,
 so strangers cannot exhaust us.
+
+With ``config.dht`` the session runs one DHT node (BEP 5, `net.dht_node`) on the listen host
+(UDP port ``dht_port``, default the listen port): `dht` is that node (None without it), every
+non-private torrent that wants peers looks itself up and announces itself there
+(`net.dht_announce`), and `dht_peers` serves anyone else who needs peers for an info-hash.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torrentfs.eviction import PinRules
 from torrentfs.magnet import Magnet
 from torrentfs.magnet_handle import MagnetHandle
 from torrentfs.metainfo import Metainfo
+from torrentfs.net.dht_node import DhtConfig, DhtError, DhtNode
 from torrentfs.net.peer import PeerConnection
 from torrentfs.stored_check import StoredCheck
 from torrentfs.torrent import Torrent, TorrentConfig, TorrentStats
@@ -79,6 +85,10 @@ class SessionConfig:
     """With `disk_cache`: keep the download dir within this many bytes (evicting)."""
     pins: tuple[str, ...] = ()
     """With `disk_cache`: pin patterns (`torrentfs.eviction.PinRules`)."""
+    dht_port: int | None = None
+    """UDP port of the DHT node; None: the same number as the listen port (0: any)."""
+    dht_bootstrap: tuple[PeerAddress, ...] = ()
+    """Nodes to bootstrap from. Empty here; the command line's default is the public routers."""
 
 
 class Session:
@@ -102,6 +112,7 @@ class Session:
         self._http_lock = threading.Lock()
         self._listeners: list[trio.SocketListener] = []
         self.cache: DiskCache | None = None
+        self.dht: DhtNode | None = None
 
     # ------------------------------------------------------------------ HTTP client
 
@@ -249,11 +260,12 @@ class Session:
             config=self.config.torrent,
             have=have,
             on_verified=writer.mark_verified,
-            trackers_factory=self._make_trackers if self.config.trackers else None,
+            trackers_factory=self._make_peer_sources,
             half_open=self._half_open,
             global_peers=self._connections,
             bind_host=self.config.listen_host,
             get_http_client=self.get_http_client,
+            dht=None if metainfo.private else self.dht,  # BEP 27: private means no DHT
         )
         if download_all:
             torrent.picker.set_download_all(True)
@@ -325,12 +337,46 @@ class Session:
             await check.done.wait()
         return check
 
-    def _make_trackers(self, torrent: Torrent) -> Any:
+    def _make_peer_sources(self, torrent: Torrent) -> Any:
+        from torrentfs.net.dht_announce import DhtAnnouncer, PeerSources
         from torrentfs.net.tracker_client import make_tracker_set
 
-        if not torrent.metainfo.trackers:
-            return None
-        return make_tracker_set(self, torrent)
+        sources: list[Any] = []
+        if self.config.trackers and torrent.metainfo.trackers:
+            sources.append(make_tracker_set(self, torrent))
+        if torrent.dht is not None:
+            port = self.listen_port if self.config.upload else None
+            sources.append(
+                DhtAnnouncer(torrent.dht, torrent.info_hash, torrent.add_peers, port=port)
+            )
+        return PeerSources(sources) if sources else None
+
+    async def _start_dht(self) -> None:
+        config = self.config
+        host = config.listen_host or "0.0.0.0"
+        port = self.listen_port if config.dht_port is None else config.dht_port
+        node = DhtNode(
+            DhtConfig(
+                host=host, port=port, bootstrap=config.dht_bootstrap, state_dir=config.state_dir
+            )
+        )
+        try:
+            await self._nursery.start(node.run)
+        except (DhtError, OSError) as exc:
+            log.warning("DHT disabled: %s", exc)
+            return
+        self.dht = node
+
+    async def dht_peers(self, info_hash: bytes) -> list[PeerAddress]:
+        """Peers for `info_hash` from one DHT lookup (bounded); [] without a DHT."""
+        if self.dht is None:
+            return []
+        try:
+            found = await self.dht.get_peers(info_hash)
+        except DhtError as exc:
+            log.debug("DHT lookup of %s failed: %s", info_hash.hex(), exc)
+            return []
+        return found.addresses
 
     async def add_magnet(
         self, magnet: Magnet, *, data_dir: Path | None = None, download_all: bool = False
@@ -380,6 +426,8 @@ async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
                     rules=PinRules(config.pins),
                 )
                 await nursery.start(session.cache.run)
+            if config.dht:
+                await session._start_dht()
             try:
                 yield session
             finally:

@@ -49,6 +49,7 @@ from torrentfs.wire import messages as m
 from torrentfs.wire.handshake import Handshake
 
 if TYPE_CHECKING:
+    from torrentfs.net.dht_node import DhtNode
     from torrentfs.storage.base import PieceStore
 
 log = logging.getLogger(__name__)
@@ -218,11 +219,14 @@ class Torrent:
         global_peers: trio.Semaphore | None = None,
         bind_host: str | None = None,
         get_http_client: Callable[[], Awaitable[Any]] | None = None,
+        dht: DhtNode | None = None,
     ) -> None:
         self.bind_host = bind_host
         self._get_http_client = get_http_client
         """Returns the session's httpx.AsyncClient (web seeds), built on first use; None: no
         web seeds."""
+        self.dht = dht
+        """Our DHT node (BEP 5): set the handshake bit, send and take ``port`` messages."""
         self.metainfo = metainfo
         self.info_hash = metainfo.info_hash
         self.geometry = metainfo.geometry
@@ -618,7 +622,7 @@ class Torrent:
         return bind
 
     def _our_handshake(self) -> Handshake:
-        return Handshake.ours(self.info_hash, self.peer_id)
+        return Handshake.ours(self.info_hash, self.peer_id, dht=self.dht is not None)
 
     def accept(self, conn: PeerConnection, hs: Handshake) -> bool:
         """An incoming connection whose handshake named this torrent (from the listener)."""
@@ -737,6 +741,8 @@ class Torrent:
                     )
                 )
             )
+        if self.dht is not None and conn.protocol is not None and conn.protocol.dht:
+            conn.queue(m.encode(m.Port(self.dht.address.port)))  # BEP 5
         if peer.fast and self.have.all():
             conn.queue(m.encode(m.HaveAll()))
         elif peer.fast and not self.have.any():
@@ -839,7 +845,10 @@ class Torrent:
         elif t is m.Extended:
             assert isinstance(msg, m.Extended)
             self._on_extended(peer, msg)
-        # KeepAlive, Port, Suggest: nothing to do (DHT port handled by the session later).
+        elif t is m.Port and self.dht is not None:
+            assert isinstance(msg, m.Port)
+            self.dht.add_node(PeerAddress(peer.address.host, msg.port))  # BEP 5
+        # KeepAlive, Suggest: nothing to do.
 
     def _on_extended(self, peer: Peer, msg: m.Extended) -> None:
         if msg.ext_id == 0:

@@ -34,7 +34,7 @@ import os
 import random
 import secrets
 import socket as stdlib_socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +86,7 @@ DEFAULT_BOOTSTRAP: tuple[PeerAddress, ...] = (
 SAVE_INTERVAL = 300.0
 MAINTENANCE_INTERVAL = 30.0
 ADD_NODE_QUEUE = 64
+RECENT_QUERIES = 512
 _RECV_SIZE = 8192  # KRPC datagrams are < 1500 bytes; anything longer is garbage anyway
 _TABLE_FILE = "dht-table.bencode"
 
@@ -194,6 +195,8 @@ class DhtNode:
         self._counters: Counter[str] = Counter()
         self._server: DhtServer | None = None
         self._external_votes: Counter[str] = Counter()
+        self.recent_queries: deque[tuple[str, PeerAddress]] = deque(maxlen=RECENT_QUERIES)
+        """The last queries received: (method, source), for debugging and tests."""
 
     # ------------------------------------------------------------------ properties
 
@@ -393,7 +396,9 @@ class DhtNode:
                 await self._send(reply, source)
             return
         if isinstance(msg, Query):
-            self._received[msg.body.method.decode()] += 1
+            method = msg.body.method.decode()
+            self._received[method] += 1
+            self.recent_queries.append((method, source))
             out, actions = server.handle_query(msg, source, now)
             if out is not None:
                 self._counters["answers"] += 1

@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     "app": 6,
     "cli": 6,
     "engine_cli": 6,
+    "dht_cli": 6,
     "progress": 6,
     "__main__": 6,
 }

@@ -1,4 +1,4 @@
-"""Command-line interface (L6): ``torrentfs info|magnet|make|download|seed …``.
+"""Command-line interface (L6): ``torrentfs info|magnet|make|download|seed|dht …``.
 
 The dispatcher owns exit statuses and the one-line error contract (DESIGN.md rule 8):
 
@@ -60,6 +60,11 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
         "verify local data and seed it until interrupted",
     ),
     "status": ("torrentfs.status", "build_status_parser", "show what running mounts are doing"),
+    "dht": (
+        "torrentfs.dht_cli",
+        "build_dht_parser",
+        "query the BitTorrent DHT (ping, get-peers)",
+    ),
 }
 """Subcommand -> (module, parser builder, help). The builder adds its subparser with
 ``set_defaults(func=cmd)`` where ``cmd(args) -> int``."""

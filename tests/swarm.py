@@ -507,7 +507,7 @@ class LibtorrentPeer:
         log_dir: Path | None = None,
     ) -> None:
         require_isolated_network()
-        if mode not in ("seed", "leech"):
+        if mode not in ("seed", "leech", "dht"):
             raise ValueError(mode)
         self.mode = mode
         self.host = host if host is not None else next_loopback()
@@ -531,6 +531,9 @@ class LibtorrentPeer:
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        if self.mode == "dht":  # a pure DHT node: no torrent, no directory
+            listen = ["--listen", f"{self.host}:{self.port}"]
+            return [SYSTEM_PYTHON, str(LT_PEER), "dht", *listen, *self.extra_args]
         where = ["--data" if self.mode == "seed" else "--out", str(self.directory)]
         return [
             SYSTEM_PYTHON, str(LT_PEER), self.mode, self.torrent, *where,

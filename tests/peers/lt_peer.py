@@ -10,6 +10,8 @@ Modes::
 
     lt_peer.py seed  TORRENT --data DIR  [--listen 127.0.0.2:0] [--check | --trust | --corrupt]
     lt_peer.py leech TORRENT|MAGNET --out DIR [--listen 127.0.0.3:0] [--sequential] [--no-recheck]
+    lt_peer.py dht [--listen 127.0.0.4:0] [--dht-bootstrap HOST:PORT]... [--announce HEX]...
+                   [--get-peers HEX]... [--interval SECONDS]
 
 Common options: ``--tracker-less`` (drop every tracker from the torrent), ``--peer HOST:PORT``
 (repeatable; connect to that peer directly), ``--upload-limit``/``--download-limit`` (bytes/s;
@@ -27,6 +29,14 @@ Guarantees (what the fixtures rely on):
   "first_piece_at": <unix time>, "started_at": <unix time>, "peak_rss": <bytes>, "recheck": ...}``
   and exits 0 only when every piece is downloaded *and* (unless ``--no-recheck``) a full recheck
   of the written files passes; exit 1 on failure or timeout (with a ``{"event": "error"}`` line).
+* ``dht`` is a pure DHT node (no torrent) on the listen port, set up for a loopback network
+  (no IP restrictions, no BEP 42 enforcement, 8-node buckets, no rate limits worth the name).
+  Every ``--interval`` seconds (default 2) it announces itself (its listen port) for each
+  ``--announce`` info-hash (through a metadata-less torrent) and looks up each ``--get-peers``
+  one; it prints
+  ``{"event": "get_peers", "info_hash": HEX, "peers": [[host, port], ...]}`` for every lookup
+  answered and ``{"event": "announce_in", "info_hash": HEX, "ip": H, "port": P}`` for every
+  announce_peer it accepted from another node.  Runs until SIGTERM/SIGINT.
 * ``seed`` runs until SIGTERM/SIGINT and exits 0 after removing its session cleanly.
   ``--check`` hashes the data first and fails (exit 1) unless it is complete.  Plain seeding uses
   ``seed_mode`` (libtorrent then verifies each piece lazily on its first request).  ``--trust``
@@ -50,6 +60,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -106,6 +117,7 @@ def make_session(args: argparse.Namespace) -> Any:
     )
     if dht:
         mask |= lt.alert.category_t.dht_notification
+        mask |= lt.alert.category_t.dht_operation_notification  # get_peers replies
     settings: dict[str, Any] = {
         "listen_interfaces": f"{host}:{port}",
         "outgoing_interfaces": host,
@@ -121,6 +133,12 @@ def make_session(args: argparse.Namespace) -> Any:
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_prefer_verified_node_ids": False,
+        "dht_ignore_dark_internet": False,
+        "dht_extended_routing_table": False,
+        "dht_block_ratelimit": 1000,
+        "dht_upload_rate_limit": 1 << 20,
+        # Announce torrents to the DHT every few seconds, not every 15 minutes.
+        "dht_announce_interval": 5,
         "alert_mask": int(mask),
         "upload_rate_limit": args.upload_limit,
         "download_rate_limit": args.download_limit,
@@ -362,6 +380,48 @@ def leech(args: argparse.Namespace) -> int:
     return 0
 
 
+def dht_node(args: argparse.Namespace) -> int:
+    ses = make_session(args)
+    ses.apply_settings({"dht_announce_interval": max(1, int(args.interval))})
+    port = wait_listening(ses, 10)
+    deadline = time.monotonic() + 10
+    while not ses.is_dht_running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emit({"event": "ready", "mode": "dht", "host": args.listen[0], "port": port})
+    # session.dht_announce is not callable from Debian's 2.0.8 binding (its flags type is not
+    # exported): a metadata-less torrent makes libtorrent announce itself for the hash instead.
+    for h in args.announce:
+        atp = lt.add_torrent_params()
+        atp.info_hashes = lt.info_hash_t(lt.sha1_hash(bytes.fromhex(h)))
+        atp.save_path = tempfile.mkdtemp(prefix="lt-dht-")
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        ses.add_torrent(atp)
+    lookup = [lt.sha1_hash(bytes.fromhex(h)) for h in args.get_peers]
+    next_round = 0.0
+    while not _STOP:
+        now = time.monotonic()
+        if now >= next_round:
+            next_round = now + args.interval
+            for ih in lookup:
+                ses.dht_get_peers(ih)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.dht_get_peers_reply_alert):
+                peers = [[str(h), int(p)] for h, p in a.peers()]
+                emit({"event": "get_peers", "info_hash": str(a.info_hash), "peers": peers})
+            elif isinstance(a, lt.dht_announce_alert):
+                emit(
+                    {
+                        "event": "announce_in",
+                        "info_hash": str(a.info_hash),
+                        "ip": str(a.ip),
+                        "port": int(a.port),
+                    }
+                )
+        ses.wait_for_alert(100)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -400,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--sequential", action="store_true")
     le.add_argument("--no-recheck", action="store_true")
     le.add_argument("--keep-seeding", action="store_true", help="seed on after done until SIGTERM")
+    d = sub.add_parser("dht")
+    d.add_argument("--listen", type=parse_hostport, default=("127.0.0.4", 0))
+    d.add_argument("--dht-bootstrap", type=parse_hostport, action="append", default=[])
+    d.add_argument("--announce", action="append", default=[], metavar="HEX")
+    d.add_argument("--get-peers", action="append", default=[], metavar="HEX")
+    d.add_argument("--interval", type=float, default=2.0)
+    d.set_defaults(dht=True, upload_limit=0, download_limit=0, high_performance=False)
     return p
 
 
@@ -409,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     if args.mode == "seed":
         return seed(args)
+    if args.mode == "dht":
+        return dht_node(args)
     return leech(args)
 
 

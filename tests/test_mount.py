@@ -62,6 +62,9 @@ def is_mounted(path: Path) -> bool:
 class TorrentfsMount:
     """``python -m torrentfs`` as a subprocess: the real command, options and signals."""
 
+    dht_args: tuple[str, ...] = ("--no-dht",)
+    """No DHT unless a test asks (then it passes its own loopback ``--dht-bootstrap``)."""
+
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.metainfo_dir = tmp / "metainfo"
         self.mountpoint = tmp / "mnt"
@@ -77,7 +80,7 @@ class TorrentfsMount:
         cmd = [
             sys.executable, "-m", "torrentfs", str(self.metainfo_dir), str(self.mountpoint),
             "--download-dir", str(self.download_dir), "--state-dir", str(self.state_dir),
-            "--listen", "127.0.0.1:0", "--no-dht", "-v", "-f", *self.extra,
+            "--listen", "127.0.0.1:0", *self.dht_args, "-v", "-f", *self.extra,
         ]  # fmt: skip
         mounts_before = self.log().count("mounted at ")
         with self.log_path.open("ab") as log:

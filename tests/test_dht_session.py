@@ -8,15 +8,18 @@ DHT bit and ``port`` message (BEP 5), `Session.dht_peers`, and no DHT for privat
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 from swarm import make_payload, make_torrent, next_loopback
 
+from torrentfs.engine_cli import add_engine_options, session_config
 from torrentfs.metainfo import Metainfo, parse_metainfo
-from torrentfs.net.dht_node import DhtConfig, DhtNode
+from torrentfs.net.dht_node import DEFAULT_BOOTSTRAP, DhtConfig, DhtError, DhtNode
 from torrentfs.session import Session, SessionConfig, open_session
 from torrentfs.types import PeerAddress
 
@@ -110,3 +113,28 @@ async def test_no_dht_without_the_option(tmp_path: Path) -> None:
         assert await s.dht_peers(metainfo.info_hash) == []
         t = await s.add_torrent(metainfo)
         assert not t._our_handshake().supports_dht
+
+
+async def test_read_only_session_node_answers_nothing(tmp_path: Path) -> None:
+    async with router() as r, session(tmp_path / "ro", r, dht_read_only=True) as s:
+        assert s.dht is not None and s.dht.config.read_only
+        with trio.fail_after(HANG_GUARD), pytest.raises(DhtError):
+            await r.ping(s.dht.address)
+
+
+def test_engine_options_fill_the_dht_settings() -> None:
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    args = parser.parse_args([])
+    config = session_config(args, Path("/tmp/x"))
+    assert config.dht and config.dht_bootstrap == DEFAULT_BOOTSTRAP and config.dht_port is None
+    args = parser.parse_args(
+        ["--dht-bootstrap", "127.0.0.5:7,[::1]:8", "--dht-port", "9", "--dht-read-only"]
+    )
+    config = session_config(args, Path("/tmp/x"))
+    assert config.dht_bootstrap == (PeerAddress("127.0.0.5", 7), PeerAddress("::1", 8))
+    assert config.dht_port == 9 and config.dht_read_only
+    none = session_config(parser.parse_args(["--dht-bootstrap", "none", "--no-dht"]), Path("/x"))
+    assert none.dht_bootstrap == () and not none.dht
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dht-bootstrap", "nohost"])

@@ -177,6 +177,8 @@ def build_mount_parser() -> argparse.ArgumentParser:
     p.add_argument("--dht-bootstrap", type=parse_dht_nodes, default=None, metavar="NODES",
                    help="DHT bootstrap nodes: HOST:PORT items separated by ';' or ',' "
                    "(';' inside -o), or none (default: the public routers)")  # fmt: skip
+    p.add_argument("--dht-read-only", action="store_true",
+                   help="answer no DHT query (BEP 43); lookups still work")  # fmt: skip
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
     return p
 
@@ -325,6 +327,7 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
         dht=not args.no_dht,
         dht_port=args.dht_port,
         dht_bootstrap=dht_bootstrap(args.dht_bootstrap),
+        dht_read_only=args.dht_read_only,
         torrent=TorrentConfig(upload=upload),
         disk_cache=True,
         cache_size=args.cache_size,

@@ -83,6 +83,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         metavar="NODES",
         help="DHT bootstrap nodes, HOST:PORT[,HOST:PORT...], or none (default: the public routers)",
     )
+    parser.add_argument("--dht-read-only", action="store_true", help="answer no DHT query (BEP 43)")
     parser.add_argument("--no-upload", action="store_true", help="never upload to peers")
     parser.add_argument("--no-trackers", action="store_true", help="do not announce to trackers")
     parser.add_argument(
@@ -124,6 +125,7 @@ def session_config(args: argparse.Namespace, download_dir: Path) -> SessionConfi
         dht=not args.no_dht,
         dht_port=args.dht_port,
         dht_bootstrap=dht_bootstrap(args.dht_bootstrap),
+        dht_read_only=args.dht_read_only,
         trackers=not args.no_trackers,
         max_connections=args.max_connections,
         max_half_open=args.max_half_open,

@@ -89,6 +89,8 @@ class SessionConfig:
     """UDP port of the DHT node; None: the same number as the listen port (0: any)."""
     dht_bootstrap: tuple[PeerAddress, ...] = ()
     """Nodes to bootstrap from. Empty here; the command line's default is the public routers."""
+    dht_read_only: bool = False
+    """BEP 43: answer no DHT query (and tell others so), still look up and announce."""
 
 
 class Session:
@@ -357,7 +359,11 @@ class Session:
         port = self.listen_port if config.dht_port is None else config.dht_port
         node = DhtNode(
             DhtConfig(
-                host=host, port=port, bootstrap=config.dht_bootstrap, state_dir=config.state_dir
+                host=host,
+                port=port,
+                bootstrap=config.dht_bootstrap,
+                state_dir=config.state_dir,
+                read_only=config.dht_read_only,
             )
         )
         try:

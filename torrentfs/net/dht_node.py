@@ -56,7 +56,7 @@ from ..dht.krpc import (
 )
 from ..dht.lookup import Lookup, LookupKind
 from ..dht.node_id import generate_node_id, is_exempt, random_node_id, verify_node_id
-from ..dht.routing import K, PingRequest, RoutingTable, SavedTableError
+from ..dht.routing import K, NodeState, PingRequest, RoutingTable, SavedTableError
 from ..dht.server import DhtServer, PeerStore, RateLimiter
 from ..dht.tokens import TokenManager
 from ..errors import TorrentfsError
@@ -194,7 +194,6 @@ class DhtNode:
         self._received: Counter[str] = Counter()
         self._counters: Counter[str] = Counter()
         self._server: DhtServer | None = None
-        self._external_votes: Counter[str] = Counter()
         self.recent_queries: deque[tuple[str, PeerAddress]] = deque(maxlen=RECENT_QUERIES)
         """The last queries received: (method, source), for debugging and tests."""
 
@@ -228,7 +227,7 @@ class DhtNode:
     def statistics(self) -> DhtStats:
         table = self.table
         now = trio.current_time()
-        good = sum(1 for e in table.entries() if e.state(now).value == "good")
+        good = sum(1 for e in table.entries() if e.state(now) is NodeState.GOOD)
         c = self._counters
         return DhtStats(
             node_id=self.node_id.hex(),
@@ -451,8 +450,6 @@ class DhtNode:
             self._counters["errors"] += 1
             raise DhtError(f"{dest.host}:{dest.port}: error {reply.code} {reply.message}")
         self._counters["responses"] += 1
-        if reply.ip is not None:
-            self._external_votes[reply.ip.host] += 1
         return reply
 
     async def _query_node(self, node: NodeInfo, body: QueryBody) -> Response | None:

@@ -466,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--announce", action="append", default=[], metavar="HEX")
     d.add_argument("--get-peers", action="append", default=[], metavar="HEX")
     d.add_argument("--interval", type=float, default=2.0)
-    d.set_defaults(dht=True, upload_limit=0, download_limit=0, high_performance=False)
+    d.set_defaults(
+        dht=True, upload_limit=0, download_limit=0, limit_local=False, high_performance=False
+    )
     return p
 
 

@@ -49,3 +49,28 @@ async def test_removal_invalidates_pages_off_the_request_thread(
     assert calls[0][2] != threading.get_ident()
     assert codes != []
     ops.shutdown()  # stops the thread
+
+
+async def test_drop_torrent_drops_pages_before_the_entries_vanish(
+    env: tuple[FsOperations, Any, Metainfo],
+) -> None:
+    """An open handle must not read cached pages once the torrent is gone from the listing: the
+    pages are dropped (off this thread) before the tree forgets the torrent."""
+    ops, _session, mi = env
+    ops.mounted = True
+    ops.invalidate_entry = lambda *a, **k: None
+    order: list[str] = []
+
+    def invalidate(inode: int, *, attr_only: bool) -> None:
+        attached = ops.tree.top(mi.info_hash) is not None
+        order.append(f"pages dropped while {'shown' if attached else 'gone'}")
+
+    ops.page_invalidator = PageInvalidator(lambda: ops.mounted and not ops.closing, invalidate)
+    top = await ops.lookup(ROOT_INODE, b"multi", CTX)
+    a = await ops.lookup(top.st_ino, b"a.bin", CTX)
+    fh = (await ops.open(a.st_ino, 0, CTX)).fh
+    assert await ops.drop_torrent(mi.info_hash)
+    assert order[0] == "pages dropped while shown"
+    assert ops.tree.top(mi.info_hash) is None
+    assert await fuse_errno(ops.read(fh, 0, 10)) != 0
+    ops.shutdown()

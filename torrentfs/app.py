@@ -276,7 +276,7 @@ class Library:
 
     async def remove(self, item: MetainfoItem) -> None:
         self.sources.pop(item.key, None)
-        self.ops.remove_torrent(item.key)  # entries vanish, open handles get EIO
+        await self.ops.drop_torrent(item.key)  # entries vanish, open handles get EIO
         await self.session.remove_torrent(item.key)  # the data stays on disk
 
 

@@ -25,6 +25,7 @@ Guarantees, and why (DESIGN.md §3 rules 3-5):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -157,8 +158,8 @@ class PageInvalidator:
         live: Callable[[], bool],
         invalidate: Callable[..., None] = pyfuse3.invalidate_inode,
     ) -> None:
-        self._live = live  # False once unmounting: the FUSE session may be gone
-        self._invalidate = invalidate
+        self.live = live  # False once unmounting: the FUSE session may be gone
+        self.invalidate = invalidate
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -178,10 +179,10 @@ class PageInvalidator:
 
     def _run(self) -> None:
         while (inode := self._queue.get()) is not None:
-            if not self._live():
+            if not self.live():
                 continue
             try:
-                self._invalidate(inode, attr_only=False)
+                self.invalidate(inode, attr_only=False)
             except Exception:  # unmounted meanwhile, or an inode already forgotten
                 log.debug("cannot invalidate inode %d", inode, exc_info=True)
 
@@ -302,6 +303,34 @@ class FsOperations(pyfuse3.Operations):
         with trio.move_on_after(self.read_timeout):
             await event.wait()
         return not parent.placeholder
+
+    async def drop_torrent(self, info_hash: bytes, *, limit: float = 5.0) -> bool:
+        """`remove_torrent`, with the kernel's cached pages of its open files dropped *before*
+        its entries vanish, so that an open handle cannot read them afterwards (``EIO``).
+
+        Reads in flight are answered (``EIO``) while a worker thread drops the pages (see
+        `PageInvalidator` for why not on this thread); bounded by `limit` seconds.
+        """
+        inodes: set[int] = set()
+        for handle in list(self.handles.values()):
+            if handle.node.info_hash == info_hash:
+                handle.reader.release()
+                inodes.add(handle.node.inode)
+                for scope in handle.scopes:
+                    scope.cancel()
+        if self.mounted and inodes:
+            live = self.page_invalidator.live
+            invalidate = self.page_invalidator.invalidate
+
+            def drop_pages() -> None:
+                for inode in inodes:
+                    if live():
+                        with contextlib.suppress(Exception):
+                            invalidate(inode, attr_only=False)
+
+            with trio.move_on_after(limit):
+                await trio.to_thread.run_sync(drop_pages, abandon_on_cancel=True)
+        return self.remove_torrent(info_hash)
 
     def remove_torrent(self, info_hash: bytes) -> bool:
         """Make a torrent's entries vanish; its open handles get ``EIO`` from now on."""

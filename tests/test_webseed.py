@@ -308,7 +308,10 @@ async def test_web_seed_and_libtorrent_seeder_share_the_download(
         server.rate = 1 * MiB
         torrent_path = tmp_path / "both.torrent"
         seeder = lt_seeder_factory(
-            torrent_path, www, tracker_less=True, extra_args=["--upload-limit", str(1 * MiB)]
+            torrent_path,
+            www,
+            tracker_less=True,
+            extra_args=["--upload-limit", str(1 * MiB), "--limit-local"],
         )
         async with open_session(_config(tmp_path)) as session:
             torrent = await session.add_torrent(meta, download_all=True)

@@ -283,6 +283,14 @@ def test_sigkill_while_streaming_then_restart_refetches_nothing_verified(
     m.start()  # the stale mount point is recovered
     assert "stale mount" in m.log()
     m.wait_entry("film.bin")
+    # The data on disk is re-hashed in the background after a crash: wait until it is counted.
+    wait_for(
+        "the stored check to find the pieces verified before the kill",
+        lambda: (
+            torrent_status(m.mountpoint, "film.bin")["pieces_verified"] >= before["pieces_verified"]
+        ),
+        60,
+    )
     after = torrent_status(m.mountpoint, "film.bin")
     print(
         f"before SIGKILL {before['pieces_verified']} pieces verified; after restart "
@@ -291,6 +299,12 @@ def test_sigkill_while_streaming_then_restart_refetches_nothing_verified(
     assert after["pieces_verified"] >= before["pieces_verified"] >= 24 * MiB // piece
     assert after["downloaded"] == 0
     assert path.read_bytes() == source
+    # The status is a snapshot up to SNAPSHOT_SECONDS old: wait for one taken after the read.
+    wait_for(
+        "the status to show the file complete",
+        lambda: torrent_status(m.mountpoint, "film.bin")["progress"] == 1.0,
+        10,
+    )
     final = torrent_status(m.mountpoint, "film.bin")
     # Exactly the pieces missing at restart were downloaded: none verified before, again.
     assert final["downloaded"] == size - after["verified_bytes"]

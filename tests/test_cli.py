@@ -550,3 +550,16 @@ def test_help_points_to_the_mount_options(
     assert code == 0
     for option in ("--read-timeout", "--foreground", "--clear-stale", "--config", "--log-file"):
         assert option in out
+
+
+def test_download_writes_behind_unless_keep_page_cache() -> None:
+    """`download` asks the store for write-behind (`FileStore.drop_written`); `seed` never."""
+    from torrentfs.engine_cli import session_config
+
+    download = cli.build_parser("download")
+    plain = download.parse_args(["download", "x.torrent", "--no-dht"])
+    assert session_config(plain, Path("/x")).drop_written
+    kept = download.parse_args(["download", "x.torrent", "--no-dht", "--keep-page-cache"])
+    assert not session_config(kept, Path("/x")).drop_written
+    seed = cli.build_parser("seed").parse_args(["seed", "x.torrent", "--data", "/x", "--no-dht"])
+    assert not session_config(seed, Path("/x")).drop_written

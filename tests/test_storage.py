@@ -476,3 +476,83 @@ async def test_memory_store_round_trip_and_crash_model() -> None:
     await store.aclose()
     with pytest.raises(StoreClosed):
         await store.read_piece(1)
+
+
+# -- write-behind (drop_written) ---------------------------------------------------------------
+
+
+def record_advice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
+    """Every ``posix_fadvise`` call (the real one still runs): ``(ino, offset, length, advice)``."""
+    calls: list[tuple[int, int, int, int]] = []
+    real = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((os.fstat(fd).st_ino, offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    return calls
+
+
+async def test_drop_written_starts_writeback_then_drops_old_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each written file range is advised DONTNEED twice: at once (starts its writeback) and
+    once DROP_LAG bytes were written after it (drops its clean pages); never a pad."""
+    from torrentfs.storage import files
+
+    monkeypatch.setattr(files, "DROP_LAG", 8192)
+    calls = record_advice(monkeypatch)
+    m, data = build_torrent(LAYOUT, 4096)
+    store = FileStore(tmp_path, m, drop_written=True)
+    order = list(range(m.num_pieces))
+    random.Random(5).shuffle(order)
+    written: list[tuple[int, int, int]] = []  # (ino, offset, length) in write order
+    for i in order:
+        await store.write_piece(i, piece_data(m, data, i))
+        for s in m.geometry.piece_file_slices(i):
+            path = store.file_path(s.file_index)
+            if path is not None:
+                written.append((path.stat().st_ino, s.file_offset, s.length))
+    assert all(advice == os.POSIX_FADV_DONTNEED for *_, advice in calls)
+    seen = [c[:3] for c in calls]
+    assert sorted(set(seen)) == sorted(set(written))
+    # The first call for each range precedes the second; only ranges with more than
+    # DROP_LAG bytes written after them were dropped.
+    dropped = {r for r in written if seen.count(r) == 2}
+    tail = 0
+    for r in reversed(written):
+        assert (r in dropped) == (tail >= 8192)
+        tail += r[2]
+    await store.sync()
+    assert await store.read_range(0, m.total_size) == data  # dropped pages read back from disk
+    await store.aclose()
+
+
+async def test_drop_written_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = record_advice(monkeypatch)
+    m, data = build_torrent(LAYOUT, 4096)
+    store = FileStore(tmp_path, m)
+    await write_all(store, m, data)
+    assert calls == []
+    assert await store.read_range(0, m.total_size) == data
+    await store.aclose()
+
+
+async def test_drop_written_skips_closed_handles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one open file at most, old ranges of closed files are not reopened to be dropped."""
+    from torrentfs.storage import files
+
+    monkeypatch.setattr(files, "DROP_LAG", 150)
+    layout = [(f"f{i:02}", 100) for i in range(10)]
+    m, data = build_torrent(layout, 100)
+    calls = record_advice(monkeypatch)
+    store = FileStore(tmp_path, m, max_open_files=1, drop_written=True)
+    for i in range(m.num_pieces):
+        await store.write_piece(i, piece_data(m, data, i))
+    assert len(calls) == m.num_pieces  # only the writeback starts: every older file was closed
+    assert store.open_file_count() <= 1
+    assert await store.read_range(0, m.total_size) == data
+    await store.aclose()

@@ -131,6 +131,7 @@ def session_config(args: argparse.Namespace, download_dir: Path) -> SessionConfi
         max_half_open=args.max_half_open,
         torrent=TorrentConfig(max_peers=args.max_peers, upload=not args.no_upload),
         recheck=getattr(args, "recheck", False),
+        drop_written=not getattr(args, "keep_page_cache", True),  # download only
     )
 
 
@@ -383,6 +384,11 @@ def build_download_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recheck", action="store_true", help="hash all existing data first")
     p.add_argument("--json-stats", action="store_true", help="print a JSON stats line at the end")
+    p.add_argument(
+        "--keep-page-cache",
+        action="store_true",
+        help="leave downloaded data in the page cache (default: write it behind and drop it)",
+    )
     p.add_argument("--progress-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     add_engine_options(p)
     p.set_defaults(func=cmd_download)

@@ -91,6 +91,9 @@ class SessionConfig:
     """Nodes to bootstrap from. Empty here; the command line's default is the public routers."""
     dht_read_only: bool = False
     """BEP 43: answer no DHT query (and tell others so), still look up and announce."""
+    drop_written: bool = False
+    """Write-behind: written data goes to disk at once and leaves the page cache (`FileStore`;
+    ``torrentfs download``, not the mount, whose readers want it cached)."""
 
 
 class Session:
@@ -237,7 +240,7 @@ class Session:
         from torrentfs.storage.resume import ResumeState, ResumeWriter, load_resume_state
 
         root = data_dir if data_dir is not None else self.config.download_dir
-        store = FileStore(root, metainfo)
+        store = FileStore(root, metainfo, drop_written=self.config.drop_written)
         resume_path = self._resume_path(metainfo.info_hash)
         do_recheck = self.config.recheck if recheck is None else recheck
         if do_recheck:

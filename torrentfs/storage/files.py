@@ -19,6 +19,16 @@ Guarantees:
   ``max_open_files`` idle handles (a handle in use by a worker thread is never closed under it).
 * **Lean hot path.** All file slices of one piece (or one read range) are handled in a single
   ``trio.to_thread.run_sync`` hop with ``pread``/``pwrite``.
+* **Write-behind (optional).** With ``drop_written=True`` (``torrentfs download``) every write
+  is handed to the kernel's writeback at once (``posix_fadvise(DONTNEED)`` on a dirty range
+  starts writeback of it), and its pages are dropped from the page cache once about
+  `DROP_LAG` bytes later were written (by then they are clean; a page still under writeback is
+  simply kept). A download then never fills the page cache with data nobody is about to read
+  (it would push out the user's working set), and the kernel recycles the same, recently used
+  page frames for the next pieces instead of first-touching fresh memory for each one: on this
+  project's VMs that first touch made ``pwrite`` cost 2 s of CPU per GiB, against 0.4 s
+  recycled. Dropping only clean pages loses nothing: the data is on disk and reads fetch it
+  again. Off for the mount, whose readers want the data just written.
 * **Honest durability.** ``sync()`` fdatasyncs every file opened or written since the last
   sync (data found on disk may still be only in the page cache of a crashed process); a dirty
   handle evicted from the LRU is fdatasync'd before it is closed, so ``sync()`` never misses a
@@ -37,7 +47,7 @@ import errno
 import os
 import stat
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -62,6 +72,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _FILE_MODE = 0o644
+DROP_LAG = 32 * 1024 * 1024
+"""With ``drop_written``: bytes written after a range before its (by then clean) pages are
+dropped from the page cache. Writeback of 32 MiB takes well under a second on any disk that
+keeps up with a download; a range still dirty or under writeback is just left cached."""
 _DIR_MODE = 0o755
 
 
@@ -239,7 +253,14 @@ class _Run(NamedTuple):
 class FileStore:
     """A `PieceStore` over sparse files in ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path, metainfo: Metainfo, *, max_open_files: int = 64) -> None:
+    def __init__(
+        self,
+        root: Path,
+        metainfo: Metainfo,
+        *,
+        max_open_files: int = 64,
+        drop_written: bool = False,
+    ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be at least 1")
         self.root = Path(root)
@@ -255,6 +276,10 @@ class FileStore:
         self._closed = False
         self._empty_files_created = False
         self._sync_error: StorageError | None = None
+        self._drop_written = drop_written and hasattr(os, "posix_fadvise")
+        self._written: deque[_Run] = deque()
+        """With `drop_written`: runs written, oldest first, whose pages are not yet dropped."""
+        self._written_bytes = 0
 
     # -- public API -------------------------------------------------------------------------
 
@@ -479,10 +504,42 @@ class FileStore:
                         chunk = chunk[written:]
                         offset += written
                     handle.dirty = True
+                    if self._drop_written:
+                        # On a dirty range: starts its writeback now, drops nothing yet.
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(
+                                handle.fd, run.file_offset, run.length, os.POSIX_FADV_DONTNEED
+                            )
                 finally:
                     self._release(handle)
             except OSError as exc:
                 raise _os_error(exc, f"writing {self._describe(run.file_index)}") from exc
+            if self._drop_written:
+                self._drop_old_pages(run)
+
+    def _drop_old_pages(self, written: _Run) -> None:
+        """Record `written`; drop the pages of runs written `DROP_LAG` bytes ago (write-behind).
+
+        Only handles still open are used (a closed one was fdatasync'd, and opening files to
+        drop cache is not worth it); advice is never an error worth failing a write for.
+        """
+        with self._lock:
+            self._written.append(written)
+            self._written_bytes += written.length
+            due: list[tuple[_Run, _Handle]] = []
+            while self._written_bytes > DROP_LAG:
+                old = self._written.popleft()
+                self._written_bytes -= old.length
+                handle = self._handles.get(old.file_index)
+                if handle is not None and not handle.closing:
+                    handle.users += 1
+                    due.append((old, handle))
+        for old, handle in due:
+            try:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(handle.fd, old.file_offset, old.length, os.POSIX_FADV_DONTNEED)
+            finally:
+                self._release(handle)
 
     def _has_data_files(self) -> bool:
         return any(

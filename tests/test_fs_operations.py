@@ -42,6 +42,7 @@ class FakeTorrent:
         for i in range(metainfo.num_pieces):
             self.have.set(i)
         self.wants: set[FakeWant] = set()
+        self.open_handles = 0
         self.peers: dict[object, None] = {object(): None, object(): None}
         self.fail: BaseException | None = None
         self.block = False
@@ -49,6 +50,12 @@ class FakeTorrent:
 
     def new_want(self) -> FakeWant:
         return FakeWant(self)
+
+    def open_handle(self) -> None:
+        self.open_handles += 1
+
+    def close_handle(self) -> None:
+        self.open_handles -= 1
 
     def have_range(self, offset: int, length: int) -> bool:
         return all(self.have[p] for p in self.geometry.pieces_for_range(offset, max(1, length)))

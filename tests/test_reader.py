@@ -37,12 +37,19 @@ class FakeTorrent:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.wants: set[FakeWant] = set()
+        self.open_handles = 0
         self.missing: list[tuple[int, int]] = []
         self.removed = False
         self.reads: list[tuple[int, int]] = []
 
     def new_want(self) -> FakeWant:
         return FakeWant(self)
+
+    def open_handle(self) -> None:
+        self.open_handles += 1
+
+    def close_handle(self) -> None:
+        self.open_handles -= 1
 
     def have_range(self, offset: int, length: int) -> bool:
         return not any(a < offset + length and offset < b for a, b in self.missing)

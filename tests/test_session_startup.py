@@ -81,3 +81,14 @@ async def test_recheck_only_when_data_files_exist(
         t = await session.add_torrent(m)
         assert len(calls) == int(on_disk)
         assert list(t.have.iter_set()) == ([2] if on_disk else [])
+
+
+async def test_prepare_http_builds_the_client_in_the_background(tmp_path: Path) -> None:
+    async with open_session(config(tmp_path)) as session:
+        session.prepare_http()  # the mount does this at start: no import on the first read
+        with trio.fail_after(60):
+            while session._http_client is None:
+                await trio.sleep(0.01)
+        client = session._http_client
+        assert await session.get_http_client() is client
+    assert client.is_closed

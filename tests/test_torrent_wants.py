@@ -10,13 +10,17 @@ to a peer already connected (same peer id) is refused.
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import Any
+
+import trio
+import trio.testing
 
 from torrentfs.bencode import encode
 from torrentfs.metainfo import Metainfo, parse_metainfo
 from torrentfs.picker import Priority
 from torrentfs.storage.base import MemoryStore
-from torrentfs.torrent import Peer, Torrent, TorrentConfig
+from torrentfs.torrent import RUSH_KEEP, Peer, Torrent, TorrentConfig
 from torrentfs.types import PeerAddress
 from torrentfs.wire import messages as m
 from torrentfs.wire.handshake import Handshake
@@ -135,3 +139,119 @@ def test_cancel_message_layout() -> None:
     conn = FakeConn("127.0.0.9")
     conn.queue(m.encode(m.Cancel(3, 16384, 16384)))
     assert conn.cancels() == [(3, 16384, 16384)]
+
+
+def peer_queue(conn: FakeConn) -> list[tuple[int, int]]:
+    """The requests a FIFO peer (libtorrent) would still have queued after what was sent:
+    ``request`` appends, ``cancel`` removes; ``(piece, begin)`` in serving order."""
+    queue: list[tuple[int, int]] = []
+    data, pos = bytes(conn.sent), 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from(">I", data, pos)
+        if n and data[pos + 4] in (m.REQUEST, CANCEL):
+            piece, begin, _length = struct.unpack_from(">III", data, pos + 5)
+            if data[pos + 4] == m.REQUEST:
+                queue.append((piece, begin))
+            else:
+                queue.remove((piece, begin))
+        pos += 4 + n
+    return queue
+
+
+def interest_sent(conn: FakeConn) -> list[bool]:
+    """The ``interested`` (True) / ``not interested`` (False) messages queued, in order."""
+    out = []
+    data, pos = bytes(conn.sent), 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from(">I", data, pos)
+        if n == 1 and data[pos + 4] in (m.INTERESTED, m.NOT_INTERESTED):
+            out.append(data[pos + 4] == m.INTERESTED)
+        pos += 4 + n
+    return out
+
+
+def piece_arrives(t: Torrent, peer: Peer, piece: int) -> None:
+    for begin in range(0, PIECE, 16384):
+        t.picker.block_received(piece, begin, peer, 16384)
+    t._piece_verified(piece)
+
+
+async def test_interest_is_kept_while_a_handle_is_open_and_dropped_with_the_last() -> None:
+    t, peer, conn = torrent_with_seed()
+    # No handle open: interest follows the wants (an idle torrent says it wants nothing).
+    read = want(t, 3, 3, Priority.NOW)
+    piece_arrives(t, peer, 3)
+    read.drop()
+    assert interest_sent(conn) == [True, False] and not peer.am_interested
+    conn.sent.clear()
+    t.open_handle()
+    t.open_handle()  # two handles
+    read = want(t, 5, 5, Priority.NOW)
+    piece_arrives(t, peer, 5)
+    read.drop()
+    # Between reads: still interested (no unchoke to wait for on the next read), and interest
+    # asks for nothing -- no piece nobody reads is requested.
+    assert interest_sent(conn) == [True] and peer.am_interested
+    assert t.picker.requests_of(peer) == []
+    t.close_handle()
+    assert interest_sent(conn) == [True] and peer.am_interested
+    t.close_handle()  # the last handle: not interested any more
+    assert interest_sent(conn) == [True, False] and not peer.am_interested
+    assert t.picker.requests_of(peer) == []
+
+
+async def test_a_read_goes_out_ahead_of_queued_readahead_and_all_at_once() -> None:
+    t, _peer, conn = torrent_with_seed()
+    window = want(t, 0, 39)  # readahead: 80 blocks queued at the peer
+    assert len(peer_queue(conn)) == 80
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.read, 50 * PIECE + 100, 1000, timeout=30))
+        await trio.testing.wait_all_tasks_blocked()
+        queue = peer_queue(conn)
+        # The read's piece comes right after the oldest RUSH_KEEP requests; the readahead
+        # cancelled behind it is asked again after it (nothing lost, nothing asked twice).
+        assert queue[RUSH_KEEP : RUSH_KEEP + 2] == [(50, 0), (50, 16384)]
+        assert sorted(queue) == sorted([(p, b) for p in [*range(40), 50] for b in (0, 16384)])
+        nursery.cancel_scope.cancel()
+    window.drop()
+
+
+async def test_a_read_asks_all_its_blocks_even_when_the_pipeline_is_full() -> None:
+    t, _peer, conn = torrent_with_seed()
+    t.config.min_pipeline = t.config.max_pipeline = 4
+    want(t, 0, 39)
+    assert len(peer_queue(conn)) == 4
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.read, 50 * PIECE, PIECE, timeout=30))
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer_queue(conn)[4:] == [(50, 0), (50, 16384)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_is_not_reordered_by_its_own_reads() -> None:
+    t, _peer, conn = torrent_with_seed()
+    want(t, 0, 39)
+    before = peer_queue(conn)
+    async with trio.open_nursery() as nursery:
+        for p in (0, 1, 20):  # the kernel's concurrent reads of a stream
+            nursery.start_soon(partial(t.read, p * PIECE, PIECE, timeout=30))
+            await trio.testing.wait_all_tasks_blocked()
+        # pieces 0..19 are queued ahead of piece 20, but reads wait on 0 and 1 only: the
+        # other 36 blocks ahead of 20 exceed RUSH_KEEP, so 4 of them move behind it
+        queue = peer_queue(conn)
+        assert sorted(queue) == sorted(before)
+        assert queue.index((20, 0)) == 4 + RUSH_KEEP
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_of_a_piece_being_verified_reorders_nothing() -> None:
+    t, peer, conn = torrent_with_seed()
+    want(t, 0, 39)
+    for begin in (0, 16384):  # piece 30 is complete, on its way to the hash check
+        t.picker.block_received(30, begin, peer, 16384)
+    before = peer_queue(conn)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.read, 30 * PIECE, PIECE, timeout=30))
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer_queue(conn) == before and conn.cancels() == []
+        nursery.cancel_scope.cancel()

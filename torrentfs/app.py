@@ -363,6 +363,7 @@ async def run_mount(
         slack_bytes=max(_DEFAULT_POLICY.slack_bytes, 2 * args.kernel_readahead),
     )
     async with open_session(_session_config(args)) as session:
+        session.prepare_http()  # the first read's announce must not wait for imports
         ops = FsOperations(
             FsTree(mount_time=int(time.time())),
             session,

@@ -389,6 +389,14 @@ class PiecePicker(Generic[P]):
         """True when the peer has a wanted piece we lack: we should be ``interested``."""
         return bool(self._peers.get(peer, 0) & self._wanted & self._missing)
 
+    def has_missing(self, peer: P) -> bool:
+        """True when the peer has some piece we lack, wanted or not (reads may want it)."""
+        return bool(self._peers.get(peer, 0) & self._missing)
+
+    def peer_has(self, peer: P, piece: int) -> bool:
+        """Whether `peer` announced `piece` (O(1))."""
+        return bool(self._peers.get(peer, 0) >> piece & 1)
+
     # -- picking ---------------------------------------------------------------------------
 
     def pick(self, peer: P, count: int, now: float) -> list[tuple[int, int, int]]:
@@ -454,6 +462,21 @@ class PiecePicker(Generic[P]):
                 self._take_dup(piece, peer, preqs, count - len(out), now, None, out)
                 if len(out) >= count:
                     return out
+        return out
+
+    def pick_pieces(self, peer: P, pieces: Iterable[int], now: float) -> list[tuple[int, int, int]]:
+        """Every unrequested block of `pieces` that is wanted, missing and announced by `peer`,
+        recorded as requested from it: a reader waits on these pieces, so they go to one fast
+        peer at once, whatever its pipeline depth (`Torrent.read`)."""
+        pmask = self._peers.get(peer)
+        out: list[tuple[int, int, int]] = []
+        if not pmask:
+            return out
+        fresh = self._open & pmask & self._wanted
+        preqs = self._reqs.setdefault(peer, {})
+        for piece in pieces:
+            if fresh >> piece & 1:
+                self._take_fresh(piece, peer, preqs, self._num_blocks(piece), now, out)
         return out
 
     def _available(self) -> int:
@@ -603,6 +626,12 @@ class PiecePicker(Generic[P]):
     def requests_of(self, peer: P) -> list[tuple[int, int, int]]:
         """Outstanding requests ``(piece, begin, length)`` of `peer`, oldest first."""
         return [(p, b * BLOCK_SIZE, self._block_len(p, b)) for p, b in self._reqs.get(peer, ())]
+
+    def iter_requests_of(self, peer: P) -> Iterator[tuple[int, int, int]]:
+        """`requests_of`, lazily: a caller that stops early pays only for what it looked at.
+        The picker must not change while the iterator is in use."""
+        for p, b in self._reqs.get(peer, ()):
+            yield p, b * BLOCK_SIZE, self._block_len(p, b)
 
     def is_requested(self, peer: P, piece: int, begin: int) -> bool:
         """Whether the block at `begin` of `piece` is outstanding with `peer` (O(1))."""

@@ -57,6 +57,10 @@ class EngineTorrent(Protocol):
 
     def have_range(self, offset: int, length: int) -> bool: ...
 
+    def open_handle(self) -> None: ...
+
+    def close_handle(self) -> None: ...
+
 
 class Reader:
     """One open handle on one file of a torrent. Not shared between handles.
@@ -88,15 +92,21 @@ class Reader:
         self._window_want: EngineWant | None = None
         self._edge_wants: list[EngineWant] = []
         self.closed = False
+        self._counted = False
+        """Whether this handle is counted in the torrent's open handles (`start`)."""
         self._failed: tuple[int, int, float] | None = None
         """(start, end, when) of the last read that timed out (see `read`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Want the head and the tail of the file now (called on open; `head_tail`)."""
-        if self.closed:
+        """Want the head and the tail of the file now (called on open; `head_tail`), and keep
+        the torrent interested in its peers until `release` (`Torrent.open_handle`): a read
+        after a pause then costs one request, not an unchoke first."""
+        if self.closed or self._counted:
             return
+        self._counted = True
+        self.torrent.open_handle()
         now = self._clock()
         for i, (start, end) in enumerate(head_tail(self.file_length)):
             if self.torrent.have_range(self.file_offset + start, end - start):
@@ -113,6 +123,9 @@ class Reader:
     def release(self) -> None:
         """Drop every want of this handle (idempotent). Later reads raise `ReaderClosed`."""
         self.closed = True
+        if self._counted:
+            self._counted = False
+            self.torrent.close_handle()
         for want in [self._window_want, *self._edge_wants]:
             if want is not None:
                 want.drop()

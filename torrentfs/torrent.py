@@ -62,6 +62,9 @@ dropped, so a peer list of millions costs no memory (libtorrent keeps 3000)."""
 MAX_UNREQUESTED_BLOCKS = 2000
 """Blocks in a row we did not ask a peer for (or asked long ago) before it is dropped: more than
 any honest peer sends after our cancels (our pipeline holds at most `max_pipeline` requests)."""
+RUSH_KEEP = 32
+"""Requests a peer keeps ahead of a read's rushed pieces (`Torrent._rush`): the oldest, most
+likely on the wire already; cancelling those would only have them sent twice."""
 LATE_BLOCKS_KEPT = 4096
 """Requests per peer remembered after they timed out or a choke dropped them, so that a block
 arriving late is still accepted from the peer we asked (and never from one we did not)."""
@@ -281,6 +284,8 @@ class Torrent:
         self.first_piece_at: float | None = None
         self.cache: DiskHooks = DiskHooks()
         self._in_use: dict[int, int] = {}
+        self._open_handles = 0
+        """Open file handles on this torrent (`open_handle`): interest is kept meanwhile."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -348,6 +353,26 @@ class Torrent:
 
     def new_want(self) -> Want:
         return Want(self, next(self._want_ids))
+
+    def open_handle(self) -> None:
+        """A file of this torrent was opened: until the last handle closes, stay interested in
+        every peer that has pieces we lack, even between reads.
+
+        A read that finds us not interested must first say ``interested`` and wait to be
+        unchoked (a seeder such as libtorrent chokes a peer as soon as it loses interest) before
+        its request can go out: a round trip and the seeder's choke logic on every random read.
+        Interest asks for nothing: only wanted pieces are ever requested.
+        """
+        self._open_handles += 1
+
+    def close_handle(self) -> None:
+        """The matching close of `open_handle`. With the last one closed, interest follows the
+        wants again: an idle torrent tells its peers it wants nothing (and is choked)."""
+        self._open_handles = max(0, self._open_handles - 1)
+        if not self._open_handles:
+            for peer in list(self.peers):
+                if peer.am_interested:
+                    self._update_interest(peer)
 
     def want_range(
         self, offset: int, length: int, *, priority: Priority, deadline: float | None
@@ -462,6 +487,7 @@ class Torrent:
                 want = self.want_range(
                     offset, length, priority=Priority.NOW, deadline=trio.current_time()
                 )
+                self._rush(missing)
                 try:
                     with trio.move_on_after(timeout):
                         for p in missing:
@@ -478,6 +504,60 @@ class Torrent:
             data = await self.store.read_range(offset, length)
         self.cache.pieces_read(self, pieces)
         return data
+
+    def _rush(self, pieces: Sequence[int]) -> None:
+        """A read waits on `pieces`: their unrequested blocks go out now, all of them, to the
+        fastest unchoked peer that has them, ahead of its queued readahead.
+
+        The normal path asks for them only once a peer's pipeline has room, behind up to
+        `TorrentConfig.max_pipeline` readahead blocks the peer serves first (in order, BEP 3):
+        a random read would then wait for the transfer of everything queued before it. So the
+        requests of that peer that are queued ahead of the read's, beyond the oldest
+        `RUSH_KEEP`, are cancelled and asked again behind them -- except those of pieces other
+        reads wait on (a stream's concurrent kernel reads never reorder each other).
+        """
+        now = trio.current_time()
+        if now < self._storage_retry_at:
+            return
+        picker = self.picker
+        best: Peer | None = None
+        best_rate = -1.0
+        for peer in self.peers:
+            if peer.peer_choking or not any(picker.peer_has(peer, p) for p in pieces):
+                continue
+            rate = peer.download.rate(now)
+            if rate > best_rate:
+                best, best_rate = peer, rate
+        if best is None:
+            return  # choked by all, or nobody has them: asked as soon as a peer can
+        if not best.am_interested:
+            self._update_interest(best)
+        blocks = picker.pick_pieces(best, pieces, now)
+        rushed = set(pieces)
+        urgent = [range(a, b) for a, b, prio in self._want_ranges.values() if prio >= Priority.NOW]
+        ahead: list[tuple[int, int, int]] = []
+        for request in picker.iter_requests_of(best):
+            piece = request[0]
+            if piece in rushed:
+                break  # `blocks` were just recorded: a request of ours ends the scan
+            if not any(piece in r for r in urgent):
+                ahead.append(request)
+        else:
+            if not blocks:
+                return  # nothing of this read is asked of `best` (another peer has it)
+        later = ahead[RUSH_KEEP:]
+        if not blocks and not later:
+            return
+        for piece, begin, _length in later:
+            picker.request_failed(piece, begin, best)
+        self._remember_late(best, later)
+        out = [m.encode(m.Cancel(*r)) for r in later]
+        if blocks:
+            out.append(m.encode_request_batch(blocks))
+        best.conn.queue(b"".join(out))
+        best.last_sent = now
+        if later:
+            self._fill_requests(best)
 
     # ------------------------------------------------------------------ disk budget hooks
 
@@ -891,7 +971,10 @@ class Torrent:
     # ------------------------------------------------------------------ downloading
 
     def _update_interest(self, peer: Peer) -> None:
-        interesting = self.picker.is_interesting(peer)
+        picker = self.picker
+        interesting = picker.is_interesting(peer) or (
+            self._open_handles > 0 and picker.has_missing(peer)
+        )
         if interesting != peer.am_interested:
             peer.am_interested = interesting
             if not interesting:

@@ -533,6 +533,12 @@ class Torrent:
         if not best.am_interested:
             self._update_interest(best)
         blocks = picker.pick_pieces(best, pieces, now)
+        if not blocks and not any(
+            picker.is_requested(best, p, begin)
+            for p in pieces
+            for begin in range(0, self.geometry.piece_size(p), BLOCK_SIZE)
+        ):
+            return  # nothing of this read is asked of `best` (verifying, or another peer's)
         rushed = set(pieces)
         urgent = [range(a, b) for a, b, prio in self._want_ranges.values() if prio >= Priority.NOW]
         ahead: list[tuple[int, int, int]] = []
@@ -542,9 +548,6 @@ class Torrent:
                 break  # `blocks` were just recorded: a request of ours ends the scan
             if not any(piece in r for r in urgent):
                 ahead.append(request)
-        else:
-            if not blocks:
-                return  # nothing of this read is asked of `best` (another peer has it)
         later = ahead[RUSH_KEEP:]
         if not blocks and not later:
             return

@@ -563,3 +563,18 @@ def test_download_writes_behind_unless_keep_page_cache() -> None:
     assert not session_config(kept, Path("/x")).drop_written
     seed = cli.build_parser("seed").parse_args(["seed", "x.torrent", "--data", "/x", "--no-dht"])
     assert not session_config(seed, Path("/x")).drop_written
+
+
+def test_mount_writes_behind_past_its_readahead_unless_keep_page_cache() -> None:
+    """The mount's stores write behind (`FileStore.drop_written`), dropping a piece's pages
+    only once more than a stream's readahead was written after it."""
+    from torrentfs.app import _session_config, build_mount_parser
+
+    parser = build_mount_parser()
+    dirs = ["--download-dir", "/d", "--state-dir", "/s"]
+    plain = parser.parse_args(["META", "MNT", *dirs, "--readahead-max", "64M"])
+    config = _session_config(plain)
+    assert config.drop_written
+    assert config.drop_lag is not None and config.drop_lag > 64 * 2**20 + plain.kernel_readahead
+    kept = parser.parse_args(["META", "MNT", *dirs, "--keep-page-cache"])
+    assert not _session_config(kept).drop_written

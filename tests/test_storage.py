@@ -556,3 +556,16 @@ async def test_drop_written_skips_closed_handles(
     assert store.open_file_count() <= 1
     assert await store.read_range(0, m.total_size) == data
     await store.aclose()
+
+
+async def test_drop_lag_is_the_stores_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's stores drop pages later (past its readahead): `drop_lag` overrides
+    DROP_LAG; below it nothing is dropped, only the writeback is started."""
+    calls = record_advice(monkeypatch)
+    m, data = build_torrent(LAYOUT, 4096)
+    store = FileStore(tmp_path, m, drop_written=True, drop_lag=m.total_size)
+    await write_all(store, m, data)
+    seen = [c[:3] for c in calls]
+    assert seen and len(seen) == len(set(seen))  # each range advised once: nothing dropped
+    assert await store.read_range(0, m.total_size) == data
+    await store.aclose()

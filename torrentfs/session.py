@@ -92,6 +92,9 @@ class SessionConfig:
     dht_read_only: bool = False
     """BEP 43: answer no DHT query (and tell others so), still look up and announce."""
     drop_written: bool = False
+    drop_lag: int | None = None
+    """With `drop_written`: bytes written before a range's pages are dropped (None: the
+    store's default). The mount sets it past its readahead, so readers find pieces cached."""
     """Write-behind: written data goes to disk at once and leaves the page cache (`FileStore`;
     ``torrentfs download``, not the mount, whose readers want it cached)."""
 
@@ -267,7 +270,9 @@ class Session:
         from torrentfs.storage.resume import ResumeState, ResumeWriter, load_resume_state
 
         root = data_dir if data_dir is not None else self.config.download_dir
-        store = FileStore(root, metainfo, drop_written=self.config.drop_written)
+        store = FileStore(
+            root, metainfo, drop_written=self.config.drop_written, drop_lag=self.config.drop_lag
+        )
         resume_path = self._resume_path(metainfo.info_hash)
         do_recheck = self.config.recheck if recheck is None else recheck
         if do_recheck:

@@ -260,6 +260,7 @@ class FileStore:
         *,
         max_open_files: int = 64,
         drop_written: bool = False,
+        drop_lag: int | None = None,
     ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be at least 1")
@@ -277,6 +278,8 @@ class FileStore:
         self._empty_files_created = False
         self._sync_error: StorageError | None = None
         self._drop_written = drop_written and hasattr(os, "posix_fadvise")
+        self._drop_lag = DROP_LAG if drop_lag is None else drop_lag
+        """Bytes written after a range before its pages go (the mount: past its readahead)."""
         self._written: deque[_Run] = deque()
         """With `drop_written`: runs written, oldest first, whose pages are not yet dropped."""
         self._written_bytes = 0
@@ -527,7 +530,7 @@ class FileStore:
             self._written.append(written)
             self._written_bytes += written.length
             due: list[tuple[_Run, _Handle]] = []
-            while self._written_bytes > DROP_LAG:
+            while self._written_bytes > self._drop_lag:
                 old = self._written.popleft()
                 self._written_bytes -= old.length
                 handle = self._handles.get(old.file_index)

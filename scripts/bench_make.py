@@ -2,18 +2,26 @@
 """Benchmark: ``torrentfs make`` against mktorrent on one large file (``scripts/bench make``).
 
 Creates (once, then reuses) a file of random bytes in a cache directory under $TMPDIR (or
-/tmp), reads it once so that every run finds it in the page cache (dropping the cache between
-runs would need root and would disturb the whole machine, so all runs are measured *warm*),
-then times, best of N, for each piece length:
+/tmp) and reads it once so that every run finds it in the page cache (dropping the cache
+between runs would need root and would disturb the whole machine, so all runs are measured
+*warm*, for both tools). Then, for each piece length, it runs the two tools as a user runs them
+(whole processes: Python start-up included), alternating them round after round so that a
+change in the machine's load hits both alike:
 
-* ``mktorrent`` with its default thread count (one per CPU core) and with ``-t 2``;
-* ``torrentfs make`` (default: one hashing thread per core, plus the reading thread).
+* ``mktorrent -d -l LOG2 [-t N]`` (mktorrent 1.1: one thread reads the file piece by piece,
+  N threads hash; N defaults to the number of CPU cores, as does torrentfs's);
+* ``torrentfs make --no-date --piece-length BYTES [--threads N]`` (N threads each read a chunk
+  of pieces with preadv and hash it).
 
-Both are run as the commands a user runs (wall time of the whole process, Python start-up
-included; the CPU time, user + sys, is shown too because it is far less disturbed by other
-load on the machine). It prints MiB/s for each and the ratio torrentfs/mktorrent, and checks
-that both produced the same info dictionary (same info-hash) for the same name and settings;
-the exit status is 1 if they differ, 0 otherwise -- speed is reported, never judged here.
+``--threads N`` gives both tools the same N; by default each uses its own default (both: one
+hashing thread per core). One untimed run of each tool warms the cache and the binaries.
+
+For each tool it prints the median wall time, the throughput that gives (MiB/s), the median
+CPU time (user + sys, far less disturbed by other load than wall time) and the ratio
+torrentfs/mktorrent of throughput (mktorrent wall / torrentfs wall) and of CPU efficiency; the
+medians are over ``--repeat`` rounds. It checks that both produced the same info dictionary
+(same info-hash): the exit status is 1 if they differ, 0 otherwise -- speed is reported,
+never judged here.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,22 +85,18 @@ def info_hash(torrent: Path) -> str:
     return hashlib.sha1(data[span[0] : span[1]]).hexdigest()
 
 
-def best_time(argv: list[str], out: Path, repeat: int) -> tuple[float, float]:
-    """Best wall-clock time and best CPU time (user + sys) of `repeat` runs of `argv`."""
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeat):
-        out.unlink(missing_ok=True)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        elapsed = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if r.returncode != 0:
-            sys.exit(f"bench_make: {argv[0]} failed: {r.stderr.decode(errors='replace').strip()}")
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        best_wall = min(best_wall, elapsed)
-        best_cpu = min(best_cpu, cpu)
-    return best_wall, best_cpu
+def run_once(argv: list[str], out: Path) -> tuple[float, float]:
+    """Wall-clock and CPU time (user + sys) of one run of `argv`, which must write `out`."""
+    out.unlink(missing_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        sys.exit(f"bench_make: {argv[0]} failed: {r.stderr.decode(errors='replace').strip()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,27 +107,35 @@ def main(argv: list[str] | None = None) -> int:
         default="1M,256K",
         help="comma-separated piece lengths, powers of two (default: 1M,256K)",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs per tool (best counts)")
+    parser.add_argument("--repeat", type=int, default=7, help="rounds (medians are shown)")
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path(os.environ.get("TMPDIR", "/tmp")) / "torrentfs-bench",
         help="where the test file is kept between runs",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torrentfs make --threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="hashing threads for both tools (-t N)"
+    )
+    parser.add_argument(
+        "--torrentfs",
+        default=str(ROOT / ".venv" / "bin" / "torrentfs"),
+        help="the torrentfs command to measure (default: this checkout's .venv/bin/torrentfs)",
+    )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
     args = parser.parse_args(argv)
 
     mktorrent = shutil.which("mktorrent")
     if mktorrent is None:
         sys.exit("bench_make: mktorrent is not installed (Debian package mktorrent)")
-    torrentfs = str(ROOT / ".venv" / "bin" / "torrentfs")
     source = ensure_file(args.cache_dir, args.size)
     warm(source)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     size_mib = args.size / MiB
+    threads = str(args.threads) if args.threads else f"default ({cores}, one per core)"
     print(f"file: {source} ({size_mib:.0f} MiB, page-cache warm), {cores} CPU cores")
-    print(f"best of {args.repeat}; mktorrent's default thread count is the core count ({cores})")
+    print(f"hashing threads: {threads} for both; median of {args.repeat} alternating rounds")
+    print(f"torrentfs: {args.torrentfs}")
     results: list[dict[str, object]] = []
     same = True
     with tempfile.TemporaryDirectory(prefix="bench-make-") as tmp:
@@ -131,51 +144,63 @@ def main(argv: list[str] | None = None) -> int:
             log2 = piece_length.bit_length() - 1
             if piece_length != 1 << log2:
                 sys.exit(f"bench_make: piece length {piece_length} is not a power of two")
-            mk_out, mk2_out, tf_out = work / "mk.torrent", work / "mk2.torrent", work / "tf.torrent"
-            runs = {
-                "mktorrent": best_time(
-                    [mktorrent, "-d", "-l", str(log2), "-o", str(mk_out), str(source)],
+            mk_out, tf_out = work / "mk.torrent", work / "tf.torrent"
+            t_opt = ["-t", str(args.threads)] if args.threads else []
+            commands = {
+                "mktorrent": (
+                    [mktorrent, "-d", "-l", str(log2), *t_opt, "-o", str(mk_out), str(source)],
                     mk_out,
-                    args.repeat,
                 ),
-                "mktorrent -t 2": best_time(
-                    [mktorrent, "-d", "-t", "2", "-l", str(log2), "-o", str(mk2_out), str(source)],
-                    mk2_out,
-                    args.repeat,
-                ),
-                "torrentfs make": best_time(
-                    [torrentfs, "make", str(source), "-o", str(tf_out), "--no-date"]
-                    + ["--piece-length", str(piece_length)]
-                    + (["--threads", str(args.threads)] if args.threads else []),
+                "torrentfs make": (
+                    [
+                        *(args.torrentfs, "make", str(source), "-o", str(tf_out), "--no-date"),
+                        *("--piece-length", str(piece_length), *t_opt),
+                    ],
                     tf_out,
-                    args.repeat,
                 ),
             }
-            hashes = {info_hash(mk_out), info_hash(mk2_out), info_hash(tf_out)}
+            for warm_argv, warm_out in commands.values():  # untimed: warms binaries and caches
+                run_once(warm_argv, warm_out)
+            walls: dict[str, list[float]] = {tool: [] for tool in commands}
+            cpus: dict[str, list[float]] = {tool: [] for tool in commands}
+            for round_ in range(args.repeat):
+                # Alternate which tool goes first, so neither always follows the other.
+                order = list(commands) if round_ % 2 == 0 else list(reversed(commands))
+                for tool in order:
+                    took, used = run_once(*commands[tool])
+                    walls[tool].append(took)
+                    cpus[tool].append(used)
+            hashes = {info_hash(mk_out), info_hash(tf_out)}
             same = same and len(hashes) == 1
+            wall = {tool: statistics.median(v) for tool, v in walls.items()}
+            cpu = {tool: statistics.median(v) for tool, v in cpus.items()}
             print(f"\npiece length {piece_length // 1024} KiB (-l {log2}):")
-            for tool, (wall, cpu) in runs.items():
+            for tool in commands:
                 print(
-                    f"  {tool:<16} {wall:7.3f} s  {size_mib / wall:8.0f} MiB/s   (CPU {cpu:6.3f} s)"
+                    f"  {tool:<15} wall {wall[tool]:6.3f} s  {size_mib / wall[tool]:6.0f} MiB/s"
+                    f"   CPU {cpu[tool]:6.3f} s   (wall min {min(walls[tool]):.3f}"
+                    f" max {max(walls[tool]):.3f})"
                 )
-            tf_wall = runs["torrentfs make"][0]
-            ratio = runs["mktorrent"][0] / tf_wall
-            ratio2 = runs["mktorrent -t 2"][0] / tf_wall
-            print(f"  throughput torrentfs/mktorrent: {ratio:.2f}x (default), {ratio2:.2f}x (-t 2)")
-            cpu_ratio = runs["mktorrent"][1] / runs["torrentfs make"][1]
-            print(
-                f"  CPU efficiency torrentfs/mktorrent: {cpu_ratio:.2f}x (less sensitive to load)"
+            ratio = wall["mktorrent"] / wall["torrentfs make"]
+            cpu_ratio = cpu["mktorrent"] / cpu["torrentfs make"]
+            paired = statistics.median(
+                m / t for m, t in zip(walls["mktorrent"], walls["torrentfs make"], strict=True)
             )
+            print(
+                f"  throughput torrentfs/mktorrent: {ratio:.2f}x"
+                f" (median of per-round ratios {paired:.2f}x)"
+            )
+            print(f"  CPU efficiency torrentfs/mktorrent: {cpu_ratio:.2f}x")
             verdict = "same" if len(hashes) == 1 else "DIFFERENT"
             print(f"  info-hash: {verdict} ({', '.join(sorted(hashes))})")
             results.append(
                 {
                     "piece_length": piece_length,
-                    "seconds": {k: v[0] for k, v in runs.items()},
-                    "cpu_seconds": {k: v[1] for k, v in runs.items()},
-                    "mib_per_s": {k: size_mib / v[0] for k, v in runs.items()},
+                    "seconds": wall,
+                    "cpu_seconds": cpu,
+                    "mib_per_s": {k: size_mib / v for k, v in wall.items()},
                     "ratio": ratio,
-                    "ratio_t2": ratio2,
+                    "paired_ratio": paired,
                     "cpu_ratio": cpu_ratio,
                     "same_info_hash": len(hashes) == 1,
                 }

@@ -21,11 +21,14 @@ Decoded values: byte strings are `bytes`, integers `int`, lists `list`, dicts `d
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import fastbencode
 
 from .errors import BencodeError
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `torrentfs make` should not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",

@@ -20,15 +20,18 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import TorrentfsError
 
 # Everything else is imported by the command that needs it: `torrentfs --help` and
-# `torrentfs make` should not pay for the magnet parser, and `info` not for the hasher.
+# `torrentfs make` should not pay for the magnet parser, and `info` not for the hasher; nor
+# for `typing` (hence a local TYPE_CHECKING, which mypy honours like typing's).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from .magnet import Magnet
     from .metainfo import Metainfo
 
@@ -78,9 +81,47 @@ def known_commands() -> set[str]:
     return set(_local_commands()) | set(EXTERNAL_COMMANDS)
 
 
+def _terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns`, without importing shutil (and zlib, bz2, lzma)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, minus its ``import shutil``: argparse builds one for every
+    `add_argument`, so the stock one costs every command a few milliseconds of start-up."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose subparsers (the same class) use `_HelpFormatter` by default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s external builder (if any) is imported, others are stubs."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _ArgumentParser(
         prog=PROG,
         description="A FUSE filesystem that shows BitTorrent torrents as files; and tools.",
         epilog=f"mount form: {PROG} [options] METAINFO_DIR MOUNTPOINT "
@@ -463,7 +504,7 @@ def _build_make_parser(sub: _SubParsers) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help="hashing threads (default: one per CPU core; the reader is one more)",
+        help="hashing threads, each reading its own pieces (default: one per CPU core)",
     )
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_make)

@@ -16,12 +16,13 @@ What this module guarantees:
   sockets, FIFOs and devices. The path given at the top is followed if it is a link (the user
   named it). Names must be valid UTF-8 (``name`` and ``path`` are UTF-8 strings in BEP 3).
 * **Pieces** -- SHA-1 of every ``piece length`` bytes of the files' concatenation (pieces span
-  file boundaries, the last piece is short). One reader (the calling thread) reads the files
-  sequentially -- good for spinning disks and for the kernel's readahead -- into a small pool of
-  reusable buffers; worker threads hash whole buffers. `hashlib` releases the GIL for buffers
-  over 2 KiB, so the hashing really runs in parallel, and nothing is copied between the read
-  and the hash. A file that shrinks or grows while it is hashed is an error, never a torrent
-  with silently wrong hashes.
+  file boundaries, the last piece is short). Worker threads (one per CPU by default) each take
+  the next chunk of whole pieces (about 4 MiB), read it with ``preadv`` into their own reused
+  buffer (files laid end to end, a chunk may span several) and hash it in place: `hashlib`
+  releases the GIL for buffers over 2 KiB, so reading and hashing really run in parallel and
+  nothing is copied twice. The source is read, never mapped: a file truncated while it is
+  hashed gives a clean `CreateError`, not a SIGBUS. A file that shrinks or grows while it is
+  hashed is an error, never a torrent with silently wrong hashes.
 * **Piece length** -- `choose_piece_length` picks the smallest power of two from 16 KiB to
   16 MiB that gives at most 2000 pieces (so usually 1000--2000), the range mainstream creators
   aim for (Transmission ~1000-2000, libtorrent's sqrt rule, mktorrent's size table). Explicit
@@ -39,13 +40,17 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from . import __version__
 from .bencode import encode
 from .errors import TorrentfsError
-from .types import BLOCK_SIZE
+
+# `torrentfs make` is a short-lived command whose start-up counts against its throughput (it
+# is benchmarked against mktorrent): this module imports neither `typing` nor `dataclasses`
+# (both cost more CPU than hashing a few megabytes); annotations stay strings, checked by mypy.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_CREATED_BY",
@@ -65,8 +70,9 @@ __all__ = [
     "scan_source",
 ]
 
-MIN_PIECE_LENGTH = BLOCK_SIZE
-"""16 KiB: a piece holds at least one request-sized block (BEP 3 clients request 16 KiB)."""
+MIN_PIECE_LENGTH = 16 * 1024
+"""16 KiB: a piece holds at least one request-sized block (BEP 3 clients request 16 KiB;
+equal to `torrentfs.types.BLOCK_SIZE`, which is not imported here: it would import `typing`)."""
 
 MAX_AUTO_PIECE_LENGTH = 16 * 1024 * 1024
 """The largest piece length chosen automatically (very large torrents get more pieces instead)."""
@@ -87,28 +93,56 @@ class CreateError(TorrentfsError):
     """The torrent cannot be made: a missing or unreadable source, a bad name or option."""
 
 
-# NamedTuples rather than dataclasses: `torrentfs make` is a short-lived command and importing
-# dataclasses (and inspect) costs more start-up time than hashing a few megabytes.
-class SourceFile(NamedTuple):
+class SourceFile:
     """One file to include: `path` relative to the torrent root (``(name,)`` if single-file)."""
 
-    path: tuple[str, ...]
-    fs_path: str
-    length: int
+    __slots__ = ("fs_path", "length", "path")
+
+    def __init__(self, path: tuple[str, ...], fs_path: str, length: int) -> None:
+        self.path = path
+        self.fs_path = fs_path
+        self.length = length
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceFile):
+            return NotImplemented
+        return (self.path, self.fs_path, self.length) == (other.path, other.fs_path, other.length)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value: not hashable
+
+    def __repr__(self) -> str:
+        return f"SourceFile(path={self.path!r}, fs_path={self.fs_path!r}, length={self.length})"
 
 
-class SourceTree(NamedTuple):
-    """What `scan_source` found: the files in torrent order and what it left out (and why)."""
+class SourceTree:
+    """What `scan_source` found: the files in torrent order and what it left out (and why).
 
-    name: str
-    files: tuple[SourceFile, ...]
-    multi_file: bool
-    skipped: tuple[tuple[str, str], ...] = ()
-    """``(fs_path, reason)`` of symbolic links and special files not included."""
+    `skipped` holds ``(fs_path, reason)`` of symbolic links and special files not included.
+    """
+
+    __slots__ = ("files", "multi_file", "name", "skipped")
+
+    def __init__(
+        self,
+        name: str,
+        files: tuple[SourceFile, ...],
+        multi_file: bool,
+        skipped: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.name = name
+        self.files = files
+        self.multi_file = multi_file
+        self.skipped = skipped
 
     @property
     def total_size(self) -> int:
         return sum(f.length for f in self.files)
+
+    def __repr__(self) -> str:
+        return (
+            f"SourceTree(name={self.name!r}, files={self.files!r}, "
+            f"multi_file={self.multi_file}, skipped={self.skipped!r})"
+        )
 
 
 def default_threads() -> int:
@@ -313,6 +347,10 @@ class _Layout:
             except OSError as e:
                 raise CreateError(f"{f.fs_path}: {e.strerror or e}") from None
             fds[index] = fd
+            try:  # a hint for a cold cache: read ahead more, drop behind sooner
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except (AttributeError, OSError):  # pragma: no cover - not Linux, or a pipe-like file
+                pass
         return fd
 
     def read_into(self, offset: int, view: memoryview, fds: dict[int, int]) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import TextIO
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `torrentfs make` should not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import TextIO
 
 __all__ = ["ProgressBar", "format_duration", "format_size"]
 

@@ -1,0 +1,103 @@
+"""`torrentfs make` start-up: it imports only what making a torrent needs.
+
+`make` is a short command benchmarked against mktorrent (scripts/bench make), where Python's
+start-up is a visible share of a half-second run. These tests pin what it may import, in a
+fresh interpreter, so a stray top-level import (trio, the engine, typing, shutil) cannot creep
+back unnoticed. They check module names, never time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torrentfs.cli import _terminal_columns, main
+
+FORBIDDEN = (
+    # The engine and the mount: `make` never touches the network or FUSE.
+    "trio",
+    "httpx",
+    "pyfuse3",
+    "watchdog",
+    "socket",
+    "torrentfs.session",
+    "torrentfs.torrent",
+    "torrentfs.metainfo",
+    "torrentfs.magnet",
+    # Costly stdlib modules `make` does not need (see the comments in cli.py and create.py).
+    "typing",
+    "dataclasses",
+    "inspect",
+    "shutil",
+    "urllib.parse",
+)
+
+
+def _modules_after(argv: list[str]) -> set[str]:
+    code = (
+        "import json, sys\n"
+        "from torrentfs.cli import main\n"
+        f"status = main({argv!r})\n"
+        "print(json.dumps([status, sorted(sys.modules)]), file=sys.stderr)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    status, modules = json.loads(r.stderr.strip().splitlines()[-1])
+    assert status == 0, r.stderr
+    return set(modules)
+
+
+def test_make_imports_only_what_it_needs(tmp_path: Path) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(bytes(range(256)) * 300)
+    out = tmp_path / "data.torrent"
+    modules = _modules_after(["make", str(src), "-o", str(out), "-d"])
+    assert out.stat().st_size > 0
+    assert {"torrentfs.create", "hashlib", "threading"} <= modules
+    assert sorted(m for m in FORBIDDEN if m in modules) == []
+
+
+def test_make_with_trackers_still_lean(tmp_path: Path) -> None:
+    # Checking URLs needs urllib.parse; the rest of the list still stays out.
+    src = tmp_path / "data.bin"
+    src.write_bytes(b"x" * 1000)
+    modules = _modules_after(
+        ["make", str(src), "-o", str(tmp_path / "t.torrent"), "-a", "http://127.0.0.1:1/a"]
+    )
+    assert sorted(m for m in FORBIDDEN if m in modules and m != "urllib.parse") == []
+
+
+@pytest.mark.parametrize(("env", "expected"), [("100", 100), ("0", None), ("junk", None)])
+def test_terminal_columns(monkeypatch: pytest.MonkeyPatch, env: str, expected: int | None) -> None:
+    import shutil
+
+    monkeypatch.setenv("COLUMNS", env)
+    columns = _terminal_columns()
+    if expected is not None:
+        assert columns == expected
+    else:  # as shutil.get_terminal_size: the terminal's width, or 80 without one
+        assert columns == shutil.get_terminal_size().columns
+
+
+def test_help_is_wrapped_to_columns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["make", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("--piece-length" in line for line in lines)
+    assert max(len(line) for line in lines) <= 60
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["make", "--help"]) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) > 60
+
+
+def test_modules_helper_fails_on_a_failing_command() -> None:
+    # The helper must not pass vacuously when `make` exits early with an error.
+    with pytest.raises(AssertionError):
+        _modules_after(["make", "/nonexistent/path/for/make"])

@@ -309,11 +309,14 @@ def hash_pieces(
     for t in pool:
         t.start()
     try:
-        for _ in range(num_chunks):
-            finished.acquire()
-            if failures:
-                break
-            if progress is not None:
+        if progress is None:  # nothing to report: no wake-up per chunk, just wait for the end
+            for t in pool:
+                t.join()
+        else:
+            for _ in range(num_chunks):
+                finished.acquire()
+                if failures:
+                    break
                 progress(done[0])
     finally:
         stop.set()
@@ -473,7 +476,9 @@ def create_torrent(
         if progress is not None:
             progress(done, total)
 
-    pieces = hash_pieces(tree.files, piece_length, threads=threads, progress=report)
+    pieces = hash_pieces(
+        tree.files, piece_length, threads=threads, progress=None if progress is None else report
+    )
     return build_torrent(
         tree,
         piece_length,

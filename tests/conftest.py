@@ -8,6 +8,8 @@
   process they start is stopped at teardown, pass or fail.
 * At the end of the session, any child process still running is listed, killed, and fails the
   run: a test that leaks a process would otherwise leak it into the next test's swarm.
+* The harness figures (cases run, hypothesis examples, faults injected, bytes verified, peak
+  memory) are summed by ``tests/figures.py`` and printed at the end (JSON: ``TORRENTFS_FIGURES``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from figures import pytest_runtest_makereport, pytest_terminal_summary
 from hypothesis import HealthCheck, settings
 from swarm import (
     LibtorrentPeer,
@@ -33,6 +36,8 @@ settings.register_profile(
 settings.register_profile(
     "long", deadline=None, max_examples=5000, suppress_health_check=[HealthCheck.too_slow]
 )
+__all__ = ["pytest_runtest_makereport", "pytest_terminal_summary"]  # hooks of tests/figures.py
+
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

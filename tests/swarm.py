@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any
 
 import fastbencode
+import figures
 
 TESTS_DIR = Path(__file__).resolve().parent
 LT_PEER = TESTS_DIR / "peers" / "lt_peer.py"
@@ -268,6 +269,7 @@ def assert_same_tree(payload: Payload, download_dir: Path) -> None:
         assert got.is_file(), f"missing {got}"
         assert got.stat().st_size == size, f"{got}: size {got.stat().st_size} != {size}"
         assert sha256_file(got) == sha256_file(payload.path_of(rel)), f"{got}: content differs"
+        figures.record("bytes verified", size)
 
 
 # --------------------------------------------------------------------------- torrents

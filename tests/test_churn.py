@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import figures
 import pytest
 from swarm import LibtorrentPeer, Opentracker, make_payload, make_torrent
 from test_faults import kill_peer, mounts
@@ -235,6 +236,9 @@ def test_eight_readers_under_churn_read_only_right_bytes(
         )
         assert set(tally.errors) <= {errno.EIO, errno.ENOENT}, tally.errors
         assert tally.longest <= WAIT_BOUND, tally.longest
+        figures.record("faults injected", len(actions))
+        figures.record("bytes verified", tally.bytes + final)
+        figures.peak("peak RSS of the mount under churn, bytes", peak[0])
         assert 0 < peak[0] <= RSS_BOUND, peak[0]
         assert tally.bytes > 0
     finally:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import figures
 import pytest
 from swarm import (
     LibtorrentPeer,
@@ -202,6 +203,7 @@ def test_full_download_dir_fails_reads_with_enospc_then_recovers(
     m = TorrentfsMount(tmp_path / "m", "--read-timeout", "20", "--readahead-max", "1M")
     with tmpfs(m.download_dir, "16m"):
         filler = fill(m.download_dir)  # not one byte left
+        figures.record("faults injected")
         mounts.append(m)
         m.start()
         m.add(torrent)
@@ -226,6 +228,7 @@ def test_full_download_dir_fails_reads_with_enospc_then_recovers(
 
         wait_for("reads to work again", works, 60)
         assert path.read_bytes() == source.read_bytes()
+        figures.record("bytes verified", source.stat().st_size)
         assert "storing pieces works again" in m.log()
         m.stop()
         # Nothing corrupt is kept: every piece the resume state claims verifies on disk.
@@ -241,6 +244,7 @@ def test_full_disk_during_download_never_claims_unwritten_pieces(
     source, torrent, _ = seeded_file(tmp_path, tracker, lt_seeder_factory, 8 * MiB, name="half")
     m = TorrentfsMount(tmp_path / "m", "--read-timeout", "20", "--readahead-max", "1M")
     with tmpfs(m.download_dir, "3m"):  # about a third of the file fits
+        figures.record("faults injected")
         mounts.append(m)
         m.start()
         m.add(torrent)
@@ -254,6 +258,7 @@ def test_full_disk_during_download_never_claims_unwritten_pieces(
                 outcomes[exc.errno] = outcomes.get(exc.errno, 0) + 1
                 continue
             assert got == data[offset : offset + 4096]
+            figures.record("bytes verified", len(got))
             outcomes[None] = outcomes.get(None, 0) + 1
         assert set(outcomes) <= {None, errno.ENOSPC} and errno.ENOSPC in outcomes, outcomes
         m.stop()
@@ -298,6 +303,7 @@ def test_every_peer_vanishing_mid_piece_gives_eio_then_service_resumes(
     wait_for("the seeder to upload", lambda: _uploading(m), 30)
     host, port = seeder.address
     kill_peer(seeder)
+    figures.record("faults injected")
     thread.join(60)
     assert not thread.is_alive()
     assert result["errno"] == errno.EIO, (result, m.log())
@@ -431,6 +437,8 @@ def test_dead_and_garbage_trackers_are_survived(
         assert m.proc is not None and m.proc.poll() is None
         assert sorted(os.listdir(m.mountpoint)) == ["tiers.bin"]
         assert path.read_bytes() == payload.root.read_bytes()
+        figures.record("faults injected", 4)  # two dead trackers, two answering garbage
+        figures.record("bytes verified", payload.root.stat().st_size)
     finally:
         http_junk.close()
         udp_junk.close()
@@ -458,6 +466,7 @@ def test_tracker_down_then_back(
     m.add(torrent.path)
     path = m.wait_entry("down.bin")
     assert read_errno(path, MiB, 4096) == errno.EIO
+    figures.record("faults injected")
     assert log_lines(m, "no tracker answered"), m.log()
     with later:
         later.allow(torrent.info_hash)
@@ -551,6 +560,7 @@ def test_sigkill_at_random_points_then_every_byte_served_verifies(
         assert m.proc is not None
         killed.set()
         m.proc.send_signal(signal.SIGKILL)
+        figures.record("faults injected")
         m.proc.wait()
         m.cleanup()  # detach the dead mount, so blocked readers get ENOTCONN at once
         for r in readers:
@@ -568,6 +578,7 @@ def test_sigkill_at_random_points_then_every_byte_served_verifies(
     verified += len(data)
     m.stop()
     claimed = assert_claims_hold(m.state_dir, m.download_dir, metainfo)
+    figures.record("bytes verified", verified)
     assert not is_mounted(m.mountpoint)
     print(
         f"seed {seed}: {rounds} SIGKILLs; {verified / MiB:.0f} MiB read and verified; "

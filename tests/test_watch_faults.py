@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import figures
 import pytest
 import trio
 from fsutil import torrent_bytes
@@ -33,6 +34,7 @@ async def test_deleted_folder_keeps_the_torrents_and_logs_once(
 ) -> None:
     folder, target, w = await watching_one(tmp_path)
     os.rename(folder, tmp_path / "elsewhere")  # the folder is gone from its path
+    figures.record("faults injected")
     with caplog.at_level(logging.INFO, logger="torrentfs.watch"):
         for _ in range(5):
             await w.scan()
@@ -53,6 +55,7 @@ async def test_unreadable_folder_changes_nothing(tmp_path: Path) -> None:
     # A file where the folder was (ENOTDIR), then the folder back.
     os.rename(folder, tmp_path / "old")
     folder.write_bytes(b"not a directory")
+    figures.record("faults injected")
     await w.scan()
     assert target.names() == {"one"}
     folder.unlink()
@@ -72,6 +75,7 @@ async def test_replaced_folder_is_watched_by_inotify_again(tmp_path: Path) -> No
         await nursery.start(w.run)
         os.rmdir(folder)
         folder.mkdir()
+        figures.record("faults injected")
         # Let one rescan notice the new directory and re-arm the watch, then slow the rescans
         # down so that only inotify can deliver the next change quickly.
         passes = w.passes
@@ -100,6 +104,7 @@ async def test_wall_clock_jumps_do_not_stall_settling(tmp_path: Path, jump: floa
     (tmp_path / "new.torrent").write_bytes(torrent_bytes(T1))  # fresh: must settle first
     assert await w.scan()  # pending
     offset = jump
+    figures.record("faults injected")
     deadline = trio.current_time() + 10
     while "one" not in target.names():
         assert trio.current_time() < deadline, f"never settled after a {jump:+g} s clock jump"

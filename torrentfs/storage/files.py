@@ -15,8 +15,13 @@ Guarantees:
   read or a write (`UnsafePath`). Components are re-checked here (no ``..``, ``/`` or NUL).
 * **Sparse files.** A file is sized to its final length with ``ftruncate`` when first opened
   for writing; zeros are never written, so only downloaded pieces use disk space.
-* **Bounded descriptors.** File handles are opened lazily and kept in an LRU of at most
-  ``max_open_files`` idle handles (a handle in use by a worker thread is never closed under it).
+* **Bounded descriptors.** File handles are opened lazily and kept in an LRU: at most
+  ``max_open_files`` (`MAX_OPEN_FILES_PER_TORRENT`) per store, and at most `FdCache.max_open`
+  (`MAX_OPEN_FILES`) across every store sharing one `FdCache` -- by default the whole process,
+  so a thousand torrents being read hold no more descriptors than a few. The least recently used
+  idle handle is closed first, whichever torrent it belongs to; a handle in use by a worker
+  thread is never closed under it (so the bound may be passed by at most the handles in use at
+  that moment, one per worker thread and file slice).
 * **Lean hot path.** All file slices of one piece (or one read range) are handled in a single
   ``trio.to_thread.run_sync`` hop with ``pread``/``pwrite``.
 * **Write-behind (optional).** With ``drop_written=True`` (``torrentfs download``) every write
@@ -44,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import stat
 import threading
@@ -61,6 +67,9 @@ if TYPE_CHECKING:
     from torrentfs.metainfo import FileEntry, Metainfo
 
 __all__ = [
+    "MAX_OPEN_FILES",
+    "MAX_OPEN_FILES_PER_TORRENT",
+    "FdCache",
     "FileStore",
     "UnsafePath",
     "open_data_file",
@@ -77,6 +86,11 @@ DROP_LAG = 32 * 1024 * 1024
 dropped from the page cache. Writeback of 32 MiB takes well under a second on any disk that
 keeps up with a download; a range still dirty or under writeback is just left cached."""
 _DIR_MODE = 0o755
+
+MAX_OPEN_FILES_PER_TORRENT = 64
+MAX_OPEN_FILES = 256
+"""Data files open at once in the whole process (`FdCache`): well under the usual soft
+``RLIMIT_NOFILE`` of 1024 next to the sockets (200 peers, 16 dials, 64 handshakes, DHT, FUSE)."""
 
 
 class UnsafePath(StorageError):
@@ -241,6 +255,59 @@ class _Handle:
         self.closing = False
 
 
+class FdCache:
+    """The descriptors of every `FileStore` that shares it, in one least-recently-used order.
+
+    One lock guards the shared order *and* every member store's handle table: closing another
+    torrent's idle handle can then never race with that torrent using it, and there is no lock
+    order to get wrong. The lock is held only for bookkeeping, an ``open`` and (for a dirty
+    handle being evicted) its ``fdatasync`` -- as the per-store lock was before.
+    """
+
+    def __init__(self, max_open: int = MAX_OPEN_FILES) -> None:
+        if max_open < 1:
+            raise ValueError("max_open must be at least 1")
+        self.max_open = max_open
+        self.lock = threading.Lock()
+        self._order: OrderedDict[tuple[int, int], FileStore] = OrderedDict()
+        self._serials = itertools.count()
+
+    def open_count(self) -> int:
+        """Descriptors open now, over all member stores."""
+        with self.lock:
+            return len(self._order)
+
+    # The rest is called with `lock` held, by `FileStore`.
+
+    def _new_serial(self) -> int:
+        return next(self._serials)
+
+    def _used(self, store: FileStore, index: int) -> None:
+        key = (store._serial, index)
+        self._order[key] = store
+        self._order.move_to_end(key)
+
+    def _forget(self, store: FileStore, index: int) -> None:
+        self._order.pop((store._serial, index), None)
+
+    def _trim(self) -> None:
+        """Close least-recently-used idle handles of any member beyond `max_open`."""
+        excess = len(self._order) - self.max_open
+        if excess <= 0:
+            return
+        victims = []
+        for (_, index), store in self._order.items():
+            if store._handles[index].users == 0:
+                victims.append((store, index))
+                if len(victims) == excess:
+                    break
+        for store, index in victims:
+            store._evict(index)
+
+
+_PROCESS_FD_CACHE = FdCache()
+
+
 class _Run(NamedTuple):
     """``length`` bytes of file ``file_index`` at ``file_offset`` ⇄ ``buffer_offset``."""
 
@@ -258,9 +325,10 @@ class FileStore:
         root: Path,
         metainfo: Metainfo,
         *,
-        max_open_files: int = 64,
+        max_open_files: int = MAX_OPEN_FILES_PER_TORRENT,
         drop_written: bool = False,
         drop_lag: int | None = None,
+        fd_cache: FdCache | None = None,
     ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be at least 1")
@@ -272,7 +340,9 @@ class FileStore:
             None if entry.pad else storage_components(metainfo, entry) for entry in self._files
         ]
         self._max_open = max_open_files
-        self._lock = threading.Lock()
+        self._fd_cache = fd_cache if fd_cache is not None else _PROCESS_FD_CACHE
+        self._lock = self._fd_cache.lock  # shared with every store of the cache (see FdCache)
+        self._serial = self._fd_cache._new_serial()
         self._handles: OrderedDict[int, _Handle] = OrderedDict()
         self._closed = False
         self._empty_files_created = False
@@ -380,9 +450,11 @@ class FileStore:
             handle = self._handles.get(index)
             if handle is not None and (handle.writable or not writable):
                 self._handles.move_to_end(index)
+                self._fd_cache._used(self, index)
             else:
                 if handle is not None:  # a read-only handle, but we must write: reopen
                     del self._handles[index]
+                    self._fd_cache._forget(self, index)
                     handle.closing = True
                     if handle.users == 0:
                         self._close_handle(handle)
@@ -393,6 +465,7 @@ class FileStore:
                 # process): the next sync() covers every file we opened, not just our writes.
                 handle.dirty = True
                 self._handles[index] = handle
+                self._fd_cache._used(self, index)
             handle.users += 1
             try:
                 if writable and not handle.sized:
@@ -429,12 +502,18 @@ class FileStore:
                 self._trim()
 
     def _trim(self) -> None:
-        """Close least-recently-used idle handles beyond the cap (lock held)."""
+        """Close least-recently-used idle handles beyond this store's cap, then beyond the
+        shared cache's (lock held)."""
         excess = len(self._handles) - self._max_open
-        if excess <= 0:
-            return
-        for index in [i for i, h in self._handles.items() if h.users == 0][:excess]:
-            self._close_handle(self._handles.pop(index))
+        if excess > 0:
+            for index in [i for i, h in self._handles.items() if h.users == 0][:excess]:
+                self._evict(index)
+        self._fd_cache._trim()
+
+    def _evict(self, index: int) -> None:
+        """Close the idle handle of file `index` (lock held)."""
+        self._fd_cache._forget(self, index)
+        self._close_handle(self._handles.pop(index))
 
     def _close_handle(self, handle: _Handle) -> None:
         """Close a handle nobody uses (lock held); fdatasync first if a later sync needs it."""
@@ -630,7 +709,8 @@ class FileStore:
     def _close_all(self) -> None:
         with self._lock:
             self._closed = True
-            for handle in self._handles.values():
+            for index, handle in self._handles.items():
+                self._fd_cache._forget(self, index)
                 handle.closing = True
                 if handle.users == 0:
                     self._close_handle(handle)

@@ -6,9 +6,12 @@ back (or nothing), updating the routing table and the peer store on the way. Gua
 * **Never an amplifier.** Each source IP gets at most `RateLimiter.rate` answers per second
   (token bucket, burst `burst`), and all sources together at most `global_rate`; over the limit
   the query is dropped silently. Answers are bounded in size (K nodes, `MAX_VALUES_PER_REPLY`
-  peers), so one query never yields much more than a datagram.
-* **Bounded state.** The peer store holds at most `max_info_hashes` info-hashes and
-  `max_peers_per_hash` peers per info-hash, each expiring after `PEER_TTL` (30 min); the rate
+  peers), and, given the query's size, never more than `MAX_AMPLIFICATION` times larger than
+  the query (a get_peers answer drops its ``nodes`` first -- BEP 5 sends values *instead of*
+  nodes -- then values; an error its message): a spoofed query buys at most that factor.
+* **Bounded state.** The peer store holds at most `max_info_hashes` info-hashes,
+  `max_peers_per_hash` peers per info-hash and `max_peers` peers in all (the info-hash announced
+  least recently loses its oldest peer first), each expiring after `PEER_TTL` (30 min); the rate
   limiter tracks at most `max_sources` IPs (least recently seen forgotten first).
 * **announce_peer needs a token** issued to the same IP by a recent get_peers (BEP 5); the peer's
   port is the query's source port when ``implied_port`` is set.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..types import PeerAddress
 from .krpc import (
@@ -49,6 +52,7 @@ from .routing import K, PingRequest, RoutingTable
 from .tokens import TokenManager
 
 __all__ = [
+    "MAX_AMPLIFICATION",
     "MAX_VALUES_PER_REPLY",
     "PEER_TTL",
     "VERSION",
@@ -62,6 +66,9 @@ VERSION = b"TF\x00\x01"
 PEER_TTL = 30 * 60.0
 MAX_VALUES_PER_REPLY = 50
 """Peers in one get_peers answer: 50 * 6 bytes keeps it well under a 1500-byte datagram."""
+MAX_AMPLIFICATION = 8
+"""An answer is at most this many times the size of the query it answers (the smallest valid
+get_peers query, ~90 bytes, still gets 8 nodes, a token and ~45 IPv4 peers)."""
 
 
 class PeerStore:
@@ -72,40 +79,64 @@ class PeerStore:
         *,
         max_info_hashes: int = 4096,
         max_peers_per_hash: int = 256,
+        max_peers: int = 16384,
         ttl: float = PEER_TTL,
     ) -> None:
         self.max_info_hashes = max_info_hashes
         self.max_peers_per_hash = max_peers_per_hash
+        self.max_peers = max_peers
         self.ttl = ttl
+        self._count = 0  # peers over all info-hashes
         # Insertion order is expiry order because every entry gets the same ttl.
         self._hashes: OrderedDict[bytes, OrderedDict[PeerAddress, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._hashes)
 
+    def peer_count(self) -> int:
+        """Peers stored over all info-hashes."""
+        return self._count
+
     def announce(self, info_hash: bytes, peer: PeerAddress, now: float) -> None:
         self.expire(now)
         peers = self._hashes.get(info_hash)
         if peers is None:
             if len(self._hashes) >= self.max_info_hashes:
-                self._hashes.popitem(last=False)  # the one with the oldest announce
+                _, dropped = self._hashes.popitem(last=False)  # the one with the oldest announce
+                self._count -= len(dropped)
             peers = self._hashes[info_hash] = OrderedDict()
         else:
             self._hashes.move_to_end(info_hash)
-        peers.pop(peer, None)
+        if peers.pop(peer, None) is not None:
+            self._count -= 1
         peers[peer] = now + self.ttl
+        self._count += 1
         while len(peers) > self.max_peers_per_hash:
             peers.popitem(last=False)
+            self._count -= 1
+        while self._count > self.max_peers:
+            oldest_hash, oldest = next(iter(self._hashes.items()))
+            oldest.popitem(last=False)
+            self._count -= 1
+            if not oldest:
+                del self._hashes[oldest_hash]
 
     def get(
-        self, info_hash: bytes, now: float, rng: random.Random, limit: int = MAX_VALUES_PER_REPLY
+        self,
+        info_hash: bytes,
+        now: float,
+        rng: random.Random,
+        limit: int = MAX_VALUES_PER_REPLY,
+        *,
+        v6: bool | None = None,
     ) -> list[PeerAddress]:
-        """Up to `limit` unexpired peers (a random sample when there are more)."""
+        """Up to `limit` unexpired peers (a random sample when there are more), only IPv6 or
+        only IPv4 ones if `v6` says so."""
         self.expire(now)
         peers = self._hashes.get(info_hash)
         if not peers:
             return []
-        found = list(peers)
+        found = list(peers) if v6 is None else [p for p in peers if (":" in p.host) == v6]
         return found if len(found) <= limit else rng.sample(found, limit)
 
     def expire(self, now: float) -> None:
@@ -116,6 +147,7 @@ class PeerStore:
                 if expires > now:
                     break
                 del peers[peer]
+                self._count -= 1
             if not peers:
                 del self._hashes[info_hash]
 
@@ -203,9 +235,11 @@ class DhtServer:
         )
 
     def handle_query(
-        self, query: Query, source: PeerAddress, now: float
+        self, query: Query, source: PeerAddress, now: float, *, query_size: int | None = None
     ) -> tuple[bytes | None, list[PingRequest]]:
-        """Answer `query` from `source`: (datagram to send back or None, routing actions)."""
+        """Answer `query` from `source`: (datagram to send back or None, routing actions).
+
+        `query_size` (the datagram's length) bounds the answer to `MAX_AMPLIFICATION` times it."""
         if self.read_only:
             return None, []
         if not self.rate_limiter.allow(source.host, now):
@@ -217,17 +251,20 @@ class DhtServer:
                 NodeInfo(query.sender_id, source.host, source.port), now, responded=False
             )
         reply = self._answer(query, source, now)
-        return encode_message(reply), actions
+        return _encode_within(reply, query_size), actions
 
-    def error_reply(self, error: KrpcError, source: PeerAddress, now: float) -> bytes | None:
+    def error_reply(
+        self, error: KrpcError, source: PeerAddress, now: float, *, query_size: int | None = None
+    ) -> bytes | None:
         """The KRPC error answer to a malformed query, if it had a transaction id."""
         if self.read_only or error.tid is None:
             return None
         if not self.rate_limiter.allow(source.host, now):
             self.dropped += 1
             return None
-        return encode_message(
-            ErrorReply(error.tid, error.code, str(error)[:128], version=self.version, ip=source)
+        return _encode_within(
+            ErrorReply(error.tid, error.code, str(error)[:128], version=self.version, ip=source),
+            query_size,
         )
 
     def _answer(self, query: Query, source: PeerAddress, now: float) -> Message:
@@ -238,8 +275,7 @@ class DhtServer:
         if isinstance(body, FindNode):
             return self._response(tid, source, nodes=self._nodes_for(body.target, source))
         if isinstance(body, GetPeers):
-            values = self.peers.get(body.info_hash, now, self.rng)
-            values = [v for v in values if (":" in v.host) == (":" in source.host)]
+            values = self.peers.get(body.info_hash, now, self.rng, v6=":" in source.host)
             return self._response(
                 tid,
                 source,
@@ -279,3 +315,28 @@ class DhtServer:
             version=self.version,
             ip=source,
         )
+
+
+def _encode_within(reply: Message, query_size: int | None) -> bytes | None:
+    """`reply` encoded in at most `MAX_AMPLIFICATION` * `query_size` bytes, shrunk to fit if it
+    must be (a Response loses its nodes when it has values, then values; an error its message);
+    None if even that does not fit."""
+    data = encode_message(reply)
+    if query_size is None:
+        return data
+    limit = MAX_AMPLIFICATION * query_size
+    if len(data) <= limit:
+        return data
+    if isinstance(reply, ErrorReply):
+        reply = replace(
+            reply, message=reply.message[: max(0, len(reply.message) - len(data) + limit)]
+        )
+    elif isinstance(reply, Response) and reply.values:
+        reply = replace(reply, nodes=(), nodes6=())
+        data = encode_message(reply)
+        if len(data) > limit:
+            per_value = 20 if ":" in reply.values[0].host else 8  # "6:" + 6, "18:" + 18 bytes
+            keep = max(0, len(reply.values) - -(-(len(data) - limit) // per_value))
+            reply = replace(reply, values=reply.values[:keep])
+    data = encode_message(reply)
+    return data if len(data) <= limit else None

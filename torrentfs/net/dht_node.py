@@ -19,8 +19,9 @@ saves the table again. While it runs:
   refreshed with a find_node lookup, the table is saved every `SAVE_INTERVAL` and on exit.
   Write tokens rotate every 5 minutes (`TokenManager`).
 * **Bounded everything** (DESIGN.md rule 4): answers are rate limited per source IP and in total
-  (`RateLimiter`: never an amplifier), our own queries in flight are capped
-  (``max_in_flight``), concurrent lookups are capped (``max_lookups``), `add_node` (BEP 5
+  (`RateLimiter`) and never larger than `dht.server.MAX_AMPLIFICATION` times the query, our
+  own queries in flight are capped (``max_in_flight``), concurrent lookups are capped
+  (``max_lookups``), the peer store is bounded (`PeerStore`), `add_node` (BEP 5
   ``port`` messages) queues at most `ADD_NODE_QUEUE` pings and drops the rest. A malformed
   datagram is counted and dropped; nothing a remote sends can end the node.
 
@@ -390,7 +391,7 @@ class DhtNode:
             msg = decode_message(data)
         except KrpcError as exc:
             self._counters["malformed"] += 1
-            reply = server.error_reply(exc, source, now)
+            reply = server.error_reply(exc, source, now, query_size=len(data))
             if reply is not None:
                 await self._send(reply, source)
             return
@@ -398,7 +399,7 @@ class DhtNode:
             method = msg.body.method.decode()
             self._received[method] += 1
             self.recent_queries.append((method, source))
-            out, actions = server.handle_query(msg, source, now)
+            out, actions = server.handle_query(msg, source, now, query_size=len(data))
             if out is not None:
                 self._counters["answers"] += 1
                 await self._send(out, source)

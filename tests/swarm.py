@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import itertools
 import json
 import os
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -452,8 +454,20 @@ class Opentracker:
         # quote, not quote_plus: opentracker does not read '+' as a space (0x20) in a hash.
         query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
         url = f"http://{self.host}:{self.port}/{path}?{query}"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            body = resp.read()
+        # A connection reset or cut (seen now and then under load) is retried: every request
+        # here is idempotent, and one lost connection must not end a test that polls the
+        # tracker hundreds of times. An HTTP error status is an answer, never retried.
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    body = resp.read()
+                break
+            except urllib.error.HTTPError:
+                raise
+            except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+                if attempt == 4 or (self._proc is not None and self._proc.poll() is not None):
+                    raise HarnessError(f"opentracker {path}: {exc}; log: {self.log()}") from exc
+                time.sleep(0.1 * (attempt + 1))
         decoded = fastbencode.bdecode(body)
         assert isinstance(decoded, dict)
         return decoded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from fuzz_scale import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,13 +74,13 @@ def _check(data: bytes) -> None:
         SERVER.handle_query(msg, SRC, 0.0)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     _check(data)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(messages)
 def test_structured_messages(msg: dict[bytes, object]) -> None:
     _check(bencode(msg))
@@ -100,13 +101,13 @@ queries = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(queries)
 def test_query_shaped(msg: dict[bytes, object]) -> None:
     _check(bencode(msg))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.binary(max_size=200))
 def test_saved_table_garbage(data: bytes) -> None:
     try:

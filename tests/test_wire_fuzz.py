@@ -11,6 +11,7 @@ import hashlib
 import struct
 
 import fastbencode
+from fuzz_scale import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ from torrentfs.wire.protocol import PeerProtocol
 
 INFO_HASH = hashlib.sha1(b"fuzz").digest()
 NUM_PIECES = 21
-EXAMPLES = settings(max_examples=700)
+EXAMPLES = settings(max_examples=examples(700))
 
 
 def piece_size(index: int) -> int:
@@ -76,7 +77,7 @@ def feed(proto: PeerProtocol, data: bytes, cuts: list[int]) -> None:
     proto.next_events()
 
 
-@settings(max_examples=1000)
+@settings(max_examples=examples(1000))
 @given(
     st.binary(max_size=200) | peer_streams(),
     st.lists(st.integers(0, 10**6), max_size=8),
@@ -189,7 +190,7 @@ def test_ut_pex_raises_only_protocol_error(payload: bytes) -> None:
         ut_pex.encode(ut_pex.PexMessage(added=msg.added[start : start + ut_pex.MAX_SEND]))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=20), st.integers(0, 5)), max_size=12)
 )

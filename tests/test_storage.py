@@ -569,3 +569,27 @@ async def test_drop_lag_is_the_stores_own(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen and len(seen) == len(set(seen))  # each range advised once: nothing dropped
     assert await store.read_range(0, m.total_size) == data
     await store.aclose()
+
+
+async def test_write_verified_stores_only_a_matching_piece(tmp_path: Path) -> None:
+    """Hash and write in one step (the engine's path): a wrong digest writes nothing at all."""
+    m, data = build_torrent(LAYOUT, 4096)
+    stores: list[FileStore | MemoryStore] = [
+        FileStore(tmp_path, m, drop_written=True),
+        MemoryStore(m.piece_length, m.total_size),
+    ]
+    for store in stores:
+        for i in range(m.num_pieces):
+            bad = bytearray(piece_data(m, data, i))
+            bad[-1] ^= 1
+            assert not await store.write_verified(i, bad, m.piece_hash(i))
+        # Nothing was written: no data file was even created.
+        assert await store.pieces_presence(range(m.num_pieces)) == {}
+        for i in range(m.num_pieces):
+            good = bytearray(piece_data(m, data, i))
+            assert await store.write_verified(i, good, m.piece_hash(i))
+            good[:] = bytes(len(good))  # the caller reuses its buffer: the store kept a copy
+        assert await store.read_range(0, m.total_size) == data
+        with pytest.raises(ValueError):
+            await store.write_verified(0, bytearray(3), m.piece_hash(0))
+        await store.aclose()

@@ -15,7 +15,6 @@ What it guarantees:
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import math
@@ -178,10 +177,18 @@ class PieceBuffer:
 
     __slots__ = ("contributors", "data", "received")
 
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
+    def __init__(self, size: int, data: bytearray | None = None) -> None:
+        self.data = bytearray(size) if data is None else data
         self.received = 0
         self.contributors: set[Peer | WebSeed] = set()
+
+
+SPARE_BUFFER_BYTES = 16 * 1024 * 1024
+"""Piece buffers kept for reuse once their piece is hashed and written (at least two). A fresh
+1 MiB ``bytearray`` per piece costs a zero-fill and page faults on memory the allocator just
+gave back; a reused one is already mapped and cache-warm. Every byte of a reused buffer is
+overwritten by the piece's blocks before it is hashed (a piece completes only when all its
+blocks arrived), so no byte of an earlier piece can leak into a later one."""
 
 
 class Want:
@@ -265,6 +272,9 @@ class Torrent:
         ](8)
         self._completed: list[tuple[int, bytearray, set[Peer | WebSeed]]] = []
         """Pieces whose last block just arrived, on their way to the verifiers."""
+        self._spare_buffers: list[bytearray] = []
+        """Full-size piece buffers free for reuse (`SPARE_BUFFER_BYTES`)."""
+        self._max_spare_buffers = max(2, SPARE_BUFFER_BYTES // metainfo.piece_length)
         self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
         self._choker: Choker[Peer] = Choker(slots=4)
         self.download = RateMeter()
@@ -1079,7 +1089,10 @@ class Torrent:
                 other.conn.queue(m.encode(m.Cancel(index, begin, size)))
         buf = self.buffers.get(index)
         if buf is None:
-            buf = self.buffers[index] = PieceBuffer(self.geometry.piece_size(index))
+            piece_size = self.geometry.piece_size(index)
+            spare = self._spare_buffers
+            reuse = spare.pop() if spare and piece_size == self.metainfo.piece_length else None
+            buf = self.buffers[index] = PieceBuffer(piece_size, reuse)
         buf.data[begin : begin + size] = block
         buf.received += size
         buf.contributors.add(peer)
@@ -1115,17 +1128,25 @@ class Torrent:
                     raise
 
     async def _verifier(self) -> None:
+        """Hash each completed piece and store it if it matches, in one worker-thread hop
+        (`PieceStore.write_verified`); its buffer is then free for another piece."""
         async for index, data, contributors in self._verify_recv:
             expected = self.metainfo.piece_hash(index)
-            digest = await trio.to_thread.run_sync(_sha1, data)
-            if digest != expected:
-                self._piece_failed(index, contributors)
-                continue
             try:
+                # Room is made before the hash is known: a piece failing its hash (rare) only
+                # leaves the budget's estimate high until its next measurement.
                 async with self.cache.room_for(self, index):
-                    await self.store.write_piece(index, data)
+                    ok = await self.store.write_verified(index, data, expected)
             except StorageError as exc:
                 self._storage_failed(index, exc)
+                continue
+            # The store is done with the bytes (the hop returned): reuse the buffer.
+            if len(data) == self.metainfo.piece_length and (
+                len(self._spare_buffers) < self._max_spare_buffers
+            ):
+                self._spare_buffers.append(data)
+            if not ok:
+                self._piece_failed(index, contributors)
                 continue
             self._storage_works()
             self._piece_verified(index)
@@ -1450,7 +1471,3 @@ class Torrent:
             banned=len(self.banned),
             file_progress=file_progress,
         )
-
-
-def _sha1(data: bytes) -> bytes:
-    return hashlib.sha1(data).digest()

@@ -17,6 +17,7 @@ piece whose data a crash could lose (see `torrentfs.storage.resume`).
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -70,6 +71,12 @@ class PieceStore(Protocol):
 
     async def write_piece(self, piece: int, data: bytes) -> None:
         """Store a whole piece whose SHA-1 already matched; ``len(data) == piece_size``."""
+        ...
+
+    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+        """Hash `data` (SHA-1, BEP 3) and store it as `write_piece` only if the digest is
+        `expected`; False (nothing written) otherwise. One pass over the bytes where the store
+        can: the engine's download path, which then never touches a piece twice."""
         ...
 
     async def evict_piece(self, piece: int) -> None:
@@ -173,6 +180,14 @@ class MemoryStore:
         if len(data) != size:
             raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
         self._pieces[piece] = bytes(data)
+
+    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+        if len(data) != self.piece_size(piece):
+            raise ValueError(f"piece {piece} is {self.piece_size(piece)} bytes, got {len(data)}")
+        if hashlib.sha1(data).digest() != expected:
+            return False
+        await self.write_piece(piece, bytes(data))
+        return True
 
     async def evict_piece(self, piece: int) -> None:
         self._check_open()

@@ -23,7 +23,8 @@ Guarantees:
   thread is never closed under it (so the bound may be passed by at most the handles in use at
   that moment, one per worker thread and file slice).
 * **Lean hot path.** All file slices of one piece (or one read range) are handled in a single
-  ``trio.to_thread.run_sync`` hop with ``pread``/``pwrite``.
+  ``trio.to_thread.run_sync`` hop with ``pread``/``pwrite`` (one call per file slice, straight
+  from the caller's buffer); `write_verified` hashes the piece in that same hop.
 * **Write-behind (optional).** With ``drop_written=True`` (``torrentfs download``) every write
   is handed to the kernel's writeback at once (``posix_fadvise(DONTNEED)`` on a dirty range
   starts writeback of it), and its pages are dropped from the page cache once about
@@ -49,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import itertools
 import os
 import stat
@@ -387,6 +389,20 @@ class FileStore:
             raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
         await trio.to_thread.run_sync(self._write_runs, self._piece_runs(piece), data)
 
+    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+        size = self._geometry.piece_size(piece)
+        if len(data) != size:
+            raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
+        runs = self._piece_runs(piece)
+
+        def hash_then_write() -> bool:  # one worker-thread hop for both
+            if hashlib.sha1(data).digest() != expected:
+                return False
+            self._write_runs(runs, data)
+            return True
+
+        return await trio.to_thread.run_sync(hash_then_write)
+
     async def evict_piece(self, piece: int) -> None:
         await trio.to_thread.run_sync(self._evict_runs, self._piece_runs(piece))
 
@@ -569,7 +585,7 @@ class FileStore:
         except OSError as exc:
             raise _os_error(exc, f"reading {self._describe(run.file_index)}") from exc
 
-    def _write_runs(self, runs: list[_Run], data: bytes) -> None:
+    def _write_runs(self, runs: list[_Run], data: bytes | bytearray) -> None:
         if not self._empty_files_created:
             self._create_empty_files()
         view = memoryview(data)

@@ -288,7 +288,11 @@ def test_sigkill_mid_download_resumes_without_refetching(
         payload.root, tmp_path / "t.torrent", trackers=[tracker.http_url], piece_length=plen
     )
     tracker.allow(torrent.info_hash)
-    lt_seeder_factory(torrent, payload.root.parent, extra_args=["--upload-limit", "2000000"])
+    # Limited for real (--limit-local): unlimited on loopback, the whole download can end
+    # between two polls, before the kill.
+    lt_seeder_factory(
+        torrent, payload.root.parent, extra_args=["--upload-limit", "4000000", "--limit-local"]
+    )
     tracker.wait_seeders(torrent.info_hash, 1)
     out = tmp_path / "out"
     state = tmp_path / "state"

@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "rate": 3,
     "pex": 3,
     "eviction": 3,
+    "piece_memory": 3,
     # L4 I/O
     "net": 4,
     "storage": 4,

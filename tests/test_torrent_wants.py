@@ -75,14 +75,19 @@ def torrent_with_seed() -> tuple[Torrent, Peer, FakeConn]:
     config = TorrentConfig(min_pipeline=4096, max_pipeline=4096)
     store = MemoryStore(PIECE, PIECE * PIECES)
     t = Torrent(metainfo(), store, peer_id=b"-TF0100-ourselves000", listen_port=1, config=config)
-    conn = FakeConn("127.0.0.2")
-    peer = Peer(conn, t)  # type: ignore[arg-type]
+    peer = add_seed(t)
+    return t, peer, peer.conn  # type: ignore[return-value]
+
+
+def add_seed(t: Torrent) -> Peer:
+    """A seeder on a `FakeConn`, connected, unchoking us, taking up to 4096 requests."""
+    peer = Peer(FakeConn("127.0.0.2"), t)  # type: ignore[arg-type]
     peer.peer_id = b"-LT2080-theseeder000"
     peer.peer_choking = False
     peer.reqq = 4096
     t.peers[peer] = None
     t.picker.peer_have_all(peer)
-    return t, peer, conn
+    return peer
 
 
 def requested_pieces(t: Torrent, peer: Peer) -> set[int]:

@@ -65,6 +65,9 @@ from torrentfs.watch import MetainfoItem, MetainfoWatcher
 log = logging.getLogger("torrentfs")
 
 _DEFAULT_POLICY = ReadaheadPolicy()
+DEFAULT_PIECE_MEMORY = 32 * MiB
+"""`--piece-memory`: twice the kernel's default readahead of the mount plus 16 MiB, so the
+pieces a stream's in-flight reads are about to ask for stay held (`torrentfs.piece_memory`)."""
 
 PROG = "torrentfs"
 EXIT_USAGE = 2
@@ -162,6 +165,11 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    metavar="SIZE",
                    help="kernel readahead of the mount: larger FUSE reads, several in flight "
                    "(default 8M; needs root; 0 keeps the kernel's 128K)")  # fmt: skip
+    p.add_argument("--piece-memory", type=_size_or_zero, default=DEFAULT_PIECE_MEMORY,
+                   metavar="SIZE",
+                   help="verified pieces kept in memory for reads: a waiting read is served "
+                   "as soon as its piece is verified, without waiting for the write "
+                   "(default 32M; 0: off)")  # fmt: skip
     p.add_argument("--keep-page-cache", action="store_true",
                    help="leave downloaded data in the page cache (default: write it behind and "
                    "drop it once every reader is past it)")  # fmt: skip
@@ -337,6 +345,7 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
         pins=tuple(args.pin),
         drop_written=not args.keep_page_cache,
         drop_lag=_drop_lag(args),
+        piece_memory=args.piece_memory,
     )
 
 

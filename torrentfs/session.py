@@ -43,6 +43,7 @@ from torrentfs.magnet_handle import MagnetHandle
 from torrentfs.metainfo import Metainfo
 from torrentfs.net.dht_node import DhtConfig, DhtError, DhtNode
 from torrentfs.net.peer import PeerConnection
+from torrentfs.piece_memory import PieceMemory
 from torrentfs.stored_check import StoredCheck
 from torrentfs.torrent import Torrent, TorrentConfig, TorrentStats
 from torrentfs.types import PeerAddress
@@ -79,6 +80,9 @@ class SessionConfig:
     torrent: TorrentConfig = field(default_factory=TorrentConfig)
     recheck: bool = False
     udp_tracker_base_timeout: float = 15.0
+    piece_memory: int = 0
+    """Bytes of verified pieces kept in memory for reads, over all torrents (`PieceMemory`;
+    the mount: a stream's next pieces are served without reading them back from disk)."""
     disk_cache: bool = False
     """Account the download dir's disk use and honour pins (`torrentfs.budget`; the mount)."""
     cache_size: int | None = None
@@ -120,6 +124,7 @@ class Session:
         self._http_lock = threading.Lock()
         self._listeners: list[trio.SocketListener] = []
         self.cache: DiskCache | None = None
+        self.memory = PieceMemory(config.piece_memory)
         self.dht: DhtNode | None = None
 
     # ------------------------------------------------------------------ HTTP client
@@ -304,6 +309,7 @@ class Session:
             get_http_client=self.get_http_client,
             dht=None if metainfo.private else self.dht,  # BEP 27: private means no DHT
         )
+        torrent.memory = self.memory
         if download_all:
             torrent.picker.set_download_all(True)
         self.torrents[metainfo.info_hash] = torrent
@@ -472,6 +478,9 @@ async def open_session(config: SessionConfig) -> AsyncIterator[Session]:
             try:
                 yield session
             finally:
+                if session.memory.limit:
+                    st = session.memory.statistics()
+                    log.info("piece memory: %d reads from memory, %d from disk", st.hits, st.misses)
                 for info_hash in [*session.magnets, *session.torrents]:
                     await session.remove_torrent(info_hash)
                 with trio.move_on_after(5) as scope:

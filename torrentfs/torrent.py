@@ -15,6 +15,7 @@ What it guarantees:
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import logging
 import math
@@ -41,6 +42,7 @@ from torrentfs.metainfo import Metainfo
 from torrentfs.net.peer import PeerConnection
 from torrentfs.net.webseed import WebSeed, WebSeedConfig, parse_web_seed_url
 from torrentfs.picker import PiecePicker, Priority
+from torrentfs.piece_memory import PieceMemory
 from torrentfs.rate import RateMeter
 from torrentfs.types import BLOCK_SIZE, PeerAddress
 from torrentfs.wire import extension, ut_metadata, ut_pex
@@ -273,6 +275,8 @@ class Torrent:
         self._completed: list[tuple[int, bytearray, set[Peer | WebSeed]]] = []
         """Pieces whose last block just arrived, on their way to the verifiers."""
         self._spare_buffers: list[bytearray] = []
+        self._writing: set[int] = set()
+        """Pieces being hashed and written: their buffers are in use (`_hold`)."""
         """Full-size piece buffers free for reuse (`SPARE_BUFFER_BYTES`)."""
         self._max_spare_buffers = max(2, SPARE_BUFFER_BYTES // metainfo.piece_length)
         self._upload_cache: OrderedDict[int, bytes] = OrderedDict()
@@ -284,6 +288,8 @@ class Torrent:
         self.uploaded = 0
         self.error: str | None = None
         self._storage_error: StorageError | None = None
+        self._written_one = False
+        """A piece was written since the start or the last failed write (`_serve_first`)."""
         self._storage_retry_at = -math.inf
         self._rng = random.Random()
         self._pieces_verified = self.have.count()
@@ -293,6 +299,8 @@ class Torrent:
         self.started_at = 0.0
         self.first_piece_at: float | None = None
         self.cache: DiskHooks = DiskHooks()
+        self.memory = PieceMemory(0)
+        """Verified pieces kept in memory for reads (the session's, shared by its torrents)."""
         self._in_use: dict[int, int] = {}
         self._open_handles = 0
         """Open file handles on this torrent (`open_handle`): interest is kept meanwhile."""
@@ -313,10 +321,12 @@ class Torrent:
         finally:
             self._closed = True
             self._wake_all_waiters()
+            self.memory.drop_owner(self)
 
     def close(self) -> None:
         self._closed = True
         self._wake_all_waiters()
+        self.memory.drop_owner(self)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -468,9 +478,10 @@ class Torrent:
             return True
         return all(self.have[p] for p in self.geometry.pieces_for_range(offset, length))
 
-    async def _wait_piece(self, piece: int) -> None:
-        """Unbounded: only for callers that bound it (`read`'s timeout)."""
-        while not self.have[piece]:
+    async def _wait_piece(self, piece: int, *, written: bool = False) -> None:
+        """Until `piece` is verified: on disk, or (unless `written`) held in `memory` on its
+        way there. Unbounded: only for callers that bound it (`read`'s timeout)."""
+        while not self.have[piece] and (written or not self.memory.holds(self, piece)):
             if self._closed:
                 raise TorrentRemoved(f"{self.metainfo.name}: torrent removed")
             self._raise_storage_error()
@@ -511,9 +522,50 @@ class Torrent:
                         )
                 finally:
                     want.drop()
-            data = await self.store.read_range(offset, length)
+            if self.memory.limit:
+                data = await self._read_verified(offset, length, pieces, timeout)
+            else:
+                data = await self.store.read_range(offset, length)
         self.cache.pieces_read(self, pieces)
         return data
+
+    async def _read_verified(
+        self, offset: int, length: int, pieces: range, timeout: float
+    ) -> bytes:
+        """The bytes of verified `pieces`: parts of pieces held in `memory` from there, the
+        others from the store (one read per run of them) once written. A piece verified and
+        held while it was written may have been pushed out of memory by newer pieces before
+        this read ran: its write is on the way, and waited for (at most `timeout`)."""
+        memory = self.memory
+        geometry = self.geometry
+        end = offset + length
+        parts: list[bytes] = []
+        disk_from: int | None = None  # start of the current run of bytes to read from disk
+        for p in pieces:
+            start = geometry.piece_offset(p)
+            begin = max(offset, start)
+            stop = min(end, start + geometry.piece_size(p))
+            part = memory.read(self, p, begin - start, stop - begin)
+            if part is None:
+                if not self.have[p]:
+                    await self._wait_written(p, timeout)
+                if disk_from is None:
+                    disk_from = begin
+                continue
+            if disk_from is not None:
+                parts.append(await self.store.read_range(disk_from, begin - disk_from))
+                disk_from = None
+            parts.append(part)
+        if disk_from is not None:
+            parts.append(await self.store.read_range(disk_from, end - disk_from))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _wait_written(self, piece: int, timeout: float) -> None:
+        """Until verified `piece` is on disk (`have`), at most `timeout`."""
+        with trio.move_on_after(timeout):
+            await self._wait_piece(piece, written=True)
+            return
+        raise ReadTimeout(f"{self.metainfo.name}: piece {piece} not written after {timeout:g} s")
 
     def _rush(self, pieces: Sequence[int]) -> None:
         """A read waits on `pieces`: their unrequested blocks go out now, all of them, to the
@@ -602,6 +654,7 @@ class Torrent:
         self.picker.piece_lost(piece)
         self._pieces_verified -= 1
         self._upload_cache.pop(piece, None)
+        self.memory.discard(self, piece)
         if self._complete_event.is_set() and not self._closed:
             self._complete_event = trio.Event()
 
@@ -627,6 +680,7 @@ class Torrent:
         else:
             log.debug("%s: still cannot store piece %d: %s", self.metainfo.name, index, exc)
         self._storage_error = exc
+        self._written_one = False
         self._storage_retry_at = trio.current_time() + self.config.storage_retry
         self.error = str(exc)
         self.picker.piece_failed(index)
@@ -635,6 +689,7 @@ class Torrent:
             event.set()  # its waiters see the error (`_raise_storage_error`)
 
     def _storage_works(self) -> None:
+        self._written_one = True
         if self._storage_error is not None:
             log.info("%s: storing pieces works again", self.metainfo.name)
             self._storage_error = None
@@ -1129,27 +1184,75 @@ class Torrent:
 
     async def _verifier(self) -> None:
         """Hash each completed piece and store it if it matches, in one worker-thread hop
-        (`PieceStore.write_verified`); its buffer is then free for another piece."""
+        (`PieceStore.write_verified`); its buffer is then held in `memory` for reads, or free
+        for another piece. A piece some read waits for is hashed first, held and served, then
+        written (`_serve_first`)."""
         async for index, data, contributors in self._verify_recv:
             expected = self.metainfo.piece_hash(index)
+            early = self._serve_first(index)
+            self._writing.add(index)
             try:
                 # Room is made before the hash is known: a piece failing its hash (rare) only
                 # leaves the budget's estimate high until its next measurement.
                 async with self.cache.room_for(self, index):
-                    ok = await self.store.write_verified(index, data, expected)
+                    if early:
+                        ok = await trio.to_thread.run_sync(_sha1, data) == expected
+                        if ok:
+                            self._hold(index, data)
+                            self._wake(index)
+                            await self.store.write_piece(index, data)
+                    else:
+                        ok = await self.store.write_verified(index, data, expected)
             except StorageError as exc:
+                self.memory.discard(self, index)
                 self._storage_failed(index, exc)
                 continue
-            # The store is done with the bytes (the hop returned): reuse the buffer.
-            if len(data) == self.metainfo.piece_length and (
-                len(self._spare_buffers) < self._max_spare_buffers
-            ):
-                self._spare_buffers.append(data)
+            finally:
+                self._writing.discard(index)
             if not ok:
+                self._recycle(data)  # the store is done with the bytes (the hop returned)
                 self._piece_failed(index, contributors)
                 continue
             self._storage_works()
             self._piece_verified(index)
+            if not early:
+                if self.have[index] and not self._closed:
+                    self._hold(index, data)
+                else:
+                    self._recycle(data)
+
+    def _serve_first(self, index: int) -> bool:
+        """Whether verified `index` goes to the reads waiting for it before it is written:
+        held in `memory`, they need not wait for the write nor read it back. Not without
+        waiting reads or `memory`, nor before a write worked since the start or the last
+        failure: with the disk full, reads of missing data fail with the write's errno (not
+        served once, then failing)."""
+        return (
+            bool(self.memory.limit)
+            and self._written_one
+            and not self._closed
+            and index in self._piece_events
+        )
+
+    def _hold(self, index: int, data: bytearray) -> None:
+        """Keep verified `data` in `memory`; buffers it pushed out are reused where they can
+        be (`_recycle`) -- never one whose piece is being written from it."""
+        for owner, piece, buffer in self.memory.put(self, index, data):
+            if isinstance(owner, Torrent) and piece not in owner._writing:
+                owner._recycle(buffer)
+
+    def _recycle(self, data: bytearray) -> None:
+        """A piece buffer nothing refers to any more: kept for the next piece (at most
+        `SPARE_BUFFER_BYTES`), else left to the garbage collector."""
+        if len(data) == self.metainfo.piece_length and (
+            len(self._spare_buffers) < self._max_spare_buffers
+        ):
+            self._spare_buffers.append(data)
+
+    def _wake(self, index: int) -> None:
+        event = self._piece_events.pop(index, None)
+        if event is not None:
+            event.set()
 
     def _piece_failed(self, index: int, contributors: set[Peer | WebSeed]) -> None:
         self.hash_failures += 1
@@ -1471,3 +1574,7 @@ class Torrent:
             banned=len(self.banned),
             file_progress=file_progress,
         )
+
+
+def _sha1(data: bytes | bytearray) -> bytes:
+    return hashlib.sha1(data).digest()

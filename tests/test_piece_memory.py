@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from test_torrent_wants import add_seed
 
+import torrentfs.torrent
 from torrentfs.bencode import encode
 from torrentfs.errors import ReadTimeout
 from torrentfs.metainfo import Metainfo, parse_metainfo
@@ -154,6 +155,30 @@ async def test_a_waiting_read_is_served_from_memory_before_the_write_ends() -> N
         store.gate.set()
         await trio.testing.wait_all_tasks_blocked()
         assert t.have[3] and store.written == {3} and mem.holds(t, 3)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_the_only_piece_a_read_waits_for_is_hashed_as_its_blocks_come(
+    monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    hops: list[int] = []
+    monkeypatch.setattr(torrentfs.torrent, "_sha1", lambda data: hops.append(1) or b"")
+    mem = PieceMemory(4 * PIECE)
+    t, store, peer = engine(mem)
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(t._verifier)
+        nursery.start_soon(partial(_append, got, t.read(7 * PIECE + 5, 100, timeout=30)))
+        await trio.testing.wait_all_tasks_blocked()
+        await deliver(t, peer, 7, corrupt=corrupt)
+        await trio.testing.wait_all_tasks_blocked()
+        assert hops == []  # no hashing hop: the digest came with the last block
+        if corrupt:
+            assert got == [] and t.hash_failures == 1 and not mem.holds(t, 7)
+        else:
+            assert got == [DATA[7 * PIECE + 5 : 7 * PIECE + 105]] and mem.holds(t, 7)
+            assert store.written == frozenset()  # served before the write
         nursery.cancel_scope.cancel()
 
 

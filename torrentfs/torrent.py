@@ -177,12 +177,15 @@ class Peer:
 class PieceBuffer:
     """Blocks of a piece being assembled in memory, and who sent them (for blame on hash fail)."""
 
-    __slots__ = ("contributors", "data", "received")
+    __slots__ = ("contributors", "data", "hashed", "hasher", "received")
 
     def __init__(self, size: int, data: bytearray | None = None) -> None:
         self.data = bytearray(size) if data is None else data
         self.received = 0
         self.contributors: set[Peer | WebSeed] = set()
+        self.hasher: Any = None
+        """SHA-1 of the blocks so far, while they arrive in order (`Torrent._store_block`)."""
+        self.hashed = 0
 
 
 SPARE_BUFFER_BYTES = 16 * 1024 * 1024
@@ -270,9 +273,9 @@ class Torrent:
         self._dial_wake = trio.Event()
         self._dialing = 0
         self._verify_send, self._verify_recv = trio.open_memory_channel[
-            tuple[int, bytearray, set[Peer | WebSeed]]
+            tuple[int, bytearray, set[Peer | WebSeed], bytes | None]
         ](8)
-        self._completed: list[tuple[int, bytearray, set[Peer | WebSeed]]] = []
+        self._completed: list[tuple[int, bytearray, set[Peer | WebSeed], bytes | None]] = []
         """Pieces whose last block just arrived, on their way to the verifiers."""
         self._spare_buffers: list[bytearray] = []
         self._writing: set[int] = set()
@@ -1148,14 +1151,26 @@ class Torrent:
             spare = self._spare_buffers
             reuse = spare.pop() if spare and piece_size == self.metainfo.piece_length else None
             buf = self.buffers[index] = PieceBuffer(piece_size, reuse)
+            if len(self.buffers) == 1 and self.memory.limit and index in self._piece_events:
+                # A read waits for the only piece on its way (a random read, not a stream):
+                # its blocks are hashed as they come, so it is served without a hashing hop.
+                buf.hasher = hashlib.sha1()
         buf.data[begin : begin + size] = block
         buf.received += size
         buf.contributors.add(peer)
+        if buf.hasher is not None:
+            if begin == buf.hashed:
+                buf.hasher.update(block)
+                buf.hashed += size
+            else:
+                buf.hasher = None  # out of order: hashed in a worker thread as usual
         if result.piece_complete:
             # The buffer leaves `buffers`: no later block can reach it (the picker refuses
             # blocks of a complete piece), so the verifier may hash and write it as it is.
             del self.buffers[index]
-            self._completed.append((index, buf.data, buf.contributors))
+            done = buf.hasher is not None and buf.hashed == len(buf.data)
+            digest = buf.hasher.digest() if done else None
+            self._completed.append((index, buf.data, buf.contributors, digest))
         return size
 
     def _credit(self, peer: Peer | WebSeed, size: int, now: float) -> None:
@@ -1187,7 +1202,7 @@ class Torrent:
         (`PieceStore.write_verified`); its buffer is then held in `memory` for reads, or free
         for another piece. A piece some read waits for is hashed first, held and served, then
         written (`_serve_first`)."""
-        async for index, data, contributors in self._verify_recv:
+        async for index, data, contributors, digest in self._verify_recv:
             expected = self.metainfo.piece_hash(index)
             early = self._serve_first(index)
             self._writing.add(index)
@@ -1196,7 +1211,9 @@ class Torrent:
                 # leaves the budget's estimate high until its next measurement.
                 async with self.cache.room_for(self, index):
                     if early:
-                        ok = await trio.to_thread.run_sync(_sha1, data) == expected
+                        if digest is None:
+                            digest = await trio.to_thread.run_sync(_sha1, data)
+                        ok = digest == expected
                         if ok:
                             self._hold(index, data)
                             self._wake(index)

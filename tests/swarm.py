@@ -457,7 +457,11 @@ class Opentracker:
         # A connection reset or cut (seen now and then under load) is retried: every request
         # here is idempotent, and one lost connection must not end a test that polls the
         # tracker hundreds of times. An HTTP error status is an answer, never retried.
-        for attempt in range(5):
+        # Resets come in bursts of a second or more right after a start or a SIGHUP reload
+        # (seen in scripts/bench stream): keep retrying for up to 15 s.
+        deadline = time.monotonic() + 15
+        attempt = 0
+        while True:
             try:
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     body = resp.read()
@@ -465,9 +469,11 @@ class Opentracker:
             except urllib.error.HTTPError:
                 raise
             except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-                if attempt == 4 or (self._proc is not None and self._proc.poll() is not None):
+                dead = self._proc is not None and self._proc.poll() is not None
+                if dead or time.monotonic() > deadline:
                     raise HarnessError(f"opentracker {path}: {exc}; log: {self.log()}") from exc
-                time.sleep(0.1 * (attempt + 1))
+                attempt += 1
+                time.sleep(min(0.1 * attempt, 1.0))
         decoded = fastbencode.bdecode(body)
         assert isinstance(decoded, dict)
         return decoded

@@ -315,13 +315,7 @@ class FsOperations(pyfuse3.Operations):
         Reads in flight are answered (``EIO``) while a worker thread drops the pages (see
         `PageInvalidator` for why not on this thread); bounded by `limit` seconds.
         """
-        inodes: set[int] = set()
-        for handle in list(self.handles.values()):
-            if handle.node.info_hash == info_hash:
-                handle.reader.release()
-                inodes.add(handle.node.inode)
-                for scope in handle.scopes:
-                    scope.cancel()
+        inodes = self._release_handles(info_hash)
         if self.mounted and inodes:
             live = self.page_invalidator.live
             invalidate = self.page_invalidator.invalidate
@@ -336,6 +330,17 @@ class FsOperations(pyfuse3.Operations):
                 await trio.to_thread.run_sync(drop_pages, abandon_on_cancel=True)
         return self.remove_torrent(info_hash)
 
+    def _release_handles(self, info_hash: bytes) -> set[int]:
+        """Release a torrent's open handles and cancel their reads; their inodes."""
+        inodes: set[int] = set()
+        for handle in list(self.handles.values()):
+            if handle.node.info_hash == info_hash:
+                handle.reader.release()
+                inodes.add(handle.node.inode)
+                for scope in handle.scopes:
+                    scope.cancel()
+        return inodes
+
     def remove_torrent(self, info_hash: bytes) -> bool:
         """Make a torrent's entries vanish; its open handles get ``EIO`` from now on."""
         self.magnets.pop(info_hash, None)
@@ -344,13 +349,7 @@ class FsOperations(pyfuse3.Operations):
         top = self.tree.remove_torrent(info_hash)
         if top is None:
             return False
-        stale_inodes: set[int] = set()
-        for handle in list(self.handles.values()):
-            if handle.node.info_hash == info_hash:
-                handle.reader.release()
-                stale_inodes.add(handle.node.inode)
-                for scope in handle.scopes:
-                    scope.cancel()
+        stale_inodes = self._release_handles(info_hash)
         if self.mounted:
             # Open handles must see EIO, not pages the kernel kept (keep_cache): drop them
             # (never from this thread: see `PageInvalidator`).

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from torrentfs import create
-from torrentfs.bencode import decode
+from torrentfs.bencode import decode, encode
 from torrentfs.create import (
     CreateError,
     SourceFile,
-    build_torrent,
     check_piece_length,
     choose_piece_length,
     hash_pieces,
     make_torrent,
     scan_source,
+    torrent_dict,
 )
 
 KiB = 1024
@@ -325,7 +325,7 @@ def test_bad_urls_fail_before_hashing(
     assert called == []
 
 
-def test_build_torrent_single_web_seed_and_no_trackers(tmp_path: Path) -> None:
+def test_torrent_dict_single_web_seed_and_no_trackers(tmp_path: Path) -> None:
     tree = scan_source(write(tmp_path / "x", b"1"))
-    top = as_dict(decode(build_torrent(tree, 16 * KiB, b"\0" * 20)))
+    top = as_dict(decode(encode(torrent_dict(tree, 16 * KiB, b"\0" * 20))))
     assert set(top) == {b"info", b"created by"}

@@ -69,6 +69,8 @@ LAYERS: dict[str, int] = {
     "daemon": 6,
     "app": 6,
     "cli": 6,
+    "cli_argparse": 6,
+    "make_cli": 6,
     "engine_cli": 6,
     "dht_cli": 6,
     "progress": 6,

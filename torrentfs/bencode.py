@@ -20,8 +20,6 @@ Decoded values: byte strings are `bytes`, integers `int`, lists `list`, dicts `d
 
 from __future__ import annotations
 
-import re
-
 import fastbencode
 
 from .errors import BencodeError
@@ -53,9 +51,29 @@ DEFAULT_MAX_TOKENS = 3_000_000
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
-# One token each; anchored with .match(data, pos). Bounded digit counts keep int() cheap.
-_INT_RE = re.compile(rb"i(0|-?[1-9][0-9]{0,18})e")
-_STR_RE = re.compile(rb"(0|[1-9][0-9]{0,18}):")
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from re import Match
+
+    _Matcher = Callable[[bytes, int], Match[bytes] | None]
+
+_token_matchers: tuple[_Matcher, _Matcher] | None = None
+
+
+def _matchers() -> tuple[_Matcher, _Matcher]:
+    """The integer and string-length token matchers, anchored with ``.match(data, pos)``;
+    bounded digit counts keep int() cheap. Compiled on first use, not at import: `re` costs
+    `torrentfs make`, which only encodes, about 10 ms of start-up."""
+    global _token_matchers
+    if _token_matchers is None:
+        import re
+
+        _token_matchers = (
+            re.compile(rb"i(0|-?[1-9][0-9]{0,18})e").match,
+            re.compile(rb"(0|[1-9][0-9]{0,18}):").match,
+        )
+    return _token_matchers
+
 
 _I, _L, _D, _E = ord("i"), ord("l"), ord("d"), ord("e")
 _DIGITS = frozenset(b"0123456789")
@@ -143,6 +161,8 @@ def _materialise(buf: bytes, canonical: bool, max_depth: int) -> object:
 
 def _int_error(data: bytes, pos: int) -> BencodeError:
     """Explain why the integer starting at `pos` did not match `_INT_RE` (slow path only)."""
+    import re
+
     end = data.find(b"e", pos + 1, pos + 64)
     body = data[pos + 1 : end] if end >= 0 else data[pos + 1 : pos + 22]
     if end < 0:
@@ -159,6 +179,8 @@ def _int_error(data: bytes, pos: int) -> BencodeError:
 
 
 def _str_error(data: bytes, pos: int) -> BencodeError:
+    import re
+
     m = re.compile(rb"[0-9]*").match(data, pos)
     digits = m.group() if m else b""
     after = pos + len(digits)
@@ -187,8 +209,7 @@ def _scan(
     canonical = True
     span_start = -1
     span: tuple[int, int] | None = None
-    int_match = _INT_RE.match
-    str_match = _STR_RE.match
+    int_match, str_match = _matchers()
 
     while True:
         if pos >= n:
@@ -281,8 +302,7 @@ def _build(data: bytes, max_depth: int) -> object:
     # Each frame: (container, pending key or None). Lists have key None.
     frames: list[tuple[Any, list[bytes | None]]] = []
     result: object = None
-    int_match = _INT_RE.match
-    str_match = _STR_RE.match
+    int_match, str_match = _matchers()
 
     while True:
         if pos >= n:  # pragma: no cover - the scan proved the input complete

@@ -15,22 +15,21 @@ subcommand or an option is the mount form ``torrentfs METAINFO_DIR MOUNTPOINT``,
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
-import re
 import sys
 
 from . import __version__
 from .errors import TorrentfsError
+from .progress import show
 
 # Everything else is imported by the command that needs it: `torrentfs --help` and
 # `torrentfs make` should not pay for the magnet parser, and `info` not for the hasher; nor
 # for `typing` (hence a local TYPE_CHECKING, which mypy honours like typing's).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any
 
     from .magnet import Magnet
     from .metainfo import Metainfo
@@ -74,54 +73,20 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _local_commands() -> dict[str, Callable[[_SubParsers], None]]:
-    return {"info": _build_info_parser, "magnet": _build_magnet_parser, "make": _build_make_parser}
+    from .make_cli import build_make_parser
+
+    return {"info": _build_info_parser, "magnet": _build_magnet_parser, "make": build_make_parser}
 
 
 def known_commands() -> set[str]:
     return set(_local_commands()) | set(EXTERNAL_COMMANDS)
 
 
-def _terminal_columns() -> int:
-    """`shutil.get_terminal_size().columns`, without importing shutil (and zlib, bz2, lzma)."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, minus its ``import shutil``: argparse builds one for every
-    `add_argument`, so the stock one costs every command a few milliseconds of start-up."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2  # as argparse does
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose subparsers (the same class) use `_HelpFormatter` by default."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s external builder (if any) is imported, others are stubs."""
-    parser: argparse.ArgumentParser = _ArgumentParser(
+    from .cli_argparse import ArgumentParser
+
+    parser: argparse.ArgumentParser = ArgumentParser(
         prog=PROG,
         description="A FUSE filesystem that shows BitTorrent torrents as files; and tools.",
         epilog=f"mount form: {PROG} [options] METAINFO_DIR MOUNTPOINT "
@@ -172,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             return _main_mount(args)  # the mount form, options first or not
         command = args[0] if args else None
+        if command == "make":  # the plain forms without argparse: see torrentfs.make_cli
+            from .make_cli import parse_fast
+
+            fast = parse_fast(args[1:])
+            if fast is not None:
+                return fast.func(fast)
         namespace = build_parser(command).parse_args(args)
         result: int = namespace.func(namespace)
         return result
@@ -311,8 +282,7 @@ def info_json(source: Metainfo | Magnet) -> dict[str, object]:
     }
 
 
-_C1_CONTROLS = re.compile("[\x7f-\x9f]")
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_C1_ESCAPES = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
 
 
 def _json_dumps(obj: object) -> str:
@@ -321,12 +291,7 @@ def _json_dumps(obj: object) -> str:
     import json
 
     text = json.dumps(obj, ensure_ascii=False, indent=2)
-    return _C1_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _show(text: str) -> str:
-    """Untrusted text made safe for a terminal (no escape sequences)."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.translate(_C1_ESCAPES)
 
 
 def _size(n: int) -> str:
@@ -355,7 +320,7 @@ def info_lines(m: Metainfo) -> list[str]:
     """The human-readable ``info`` output of a torrent."""
     from .progress import format_size
 
-    lines = [f"{'name:':<14}{_show(m.name)}", f"{'info hash:':<14}{m.info_hash.hex()}"]
+    lines = [f"{'name:':<14}{show(m.name)}", f"{'info hash:':<14}{m.info_hash.hex()}"]
     if m.info_hash_v2:
         lines.append(f"{'info hash v2:':<14}{m.info_hash_v2.hex()}  (hybrid v1+v2)")
     lines.append(f"{'total size:':<14}{_size(m.total_size)}")
@@ -364,41 +329,40 @@ def info_lines(m: Metainfo) -> list[str]:
     )
     lines.append(f"{'private:':<14}{'yes' if m.private else 'no'}")
     tiers = [
-        f"tier {n}: " + "  ".join(_show(url) for url in tier)
-        for n, tier in enumerate(m.trackers, 1)
+        f"tier {n}: " + "  ".join(show(url) for url in tier) for n, tier in enumerate(m.trackers, 1)
     ]
     lines += _field_lines("trackers", tiers)
-    lines += _field_lines("web seeds", [_show(url) for url in m.web_seeds])
+    lines += _field_lines("web seeds", [show(url) for url in m.web_seeds])
     if m.dht_nodes:
-        lines += _field_lines("dht nodes", [f"{_show(h)}:{p}" for h, p in m.dht_nodes])
+        lines += _field_lines("dht nodes", [f"{show(h)}:{p}" for h, p in m.dht_nodes])
     if m.creation_date is not None:
         lines.append(f"{'created:':<14}{_date(m.creation_date)}")
     if m.created_by:
-        lines.append(f"{'created by:':<14}{_show(m.created_by)}")
+        lines.append(f"{'created by:':<14}{show(m.created_by)}")
     if m.comment:
-        lines.append(f"{'comment:':<14}{_show(m.comment)}")
+        lines.append(f"{'comment:':<14}{show(m.comment)}")
     visible = m.visible_files()
     noun = "file" if len(visible) == 1 else "files"
     lines.append(
         f"{'files:':<14}{len(visible):,} {noun}"
-        + (" in " + _show(m.name) + "/" if m.multi_file else "")
+        + (" in " + show(m.name) + "/" if m.multi_file else "")
     )
     sizes = [format_size(f.length) for f in visible]
     width = max((len(s) for s in sizes), default=0)
     for f, s in zip(visible, sizes, strict=True):
-        lines.append(f"  {s:>{width}}  {_show('/'.join(f.path))}")
+        lines.append(f"  {s:>{width}}  {show('/'.join(f.path))}")
     return lines
 
 
 def magnet_lines(m: Magnet) -> list[str]:
     """The human-readable ``info`` output of a magnet link (what the link itself says)."""
     lines = [f"{'magnet:':<14}metadata not fetched; this is what the link says"]
-    lines.append(f"{'name:':<14}{_show(m.display_name) if m.display_name else '-'}")
+    lines.append(f"{'name:':<14}{show(m.display_name) if m.display_name else '-'}")
     lines.append(f"{'info hash:':<14}{m.info_hash.hex() if m.info_hash else '-'}")
     if m.info_hash_v2:
         lines.append(f"{'info hash v2:':<14}{m.info_hash_v2.hex()}")
-    lines += _field_lines("trackers", [_show(url) for url in m.trackers])
-    lines += _field_lines("web seeds", [_show(url) for url in m.web_seeds])
+    lines += _field_lines("trackers", [show(url) for url in m.trackers])
+    lines += _field_lines("web seeds", [show(url) for url in m.web_seeds])
     if m.peers:
         lines += _field_lines(
             "peers", [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in m.peers]
@@ -424,195 +388,3 @@ def cmd_magnet(args: argparse.Namespace) -> int:
     uri = source.to_uri() if isinstance(source, Magnet) else magnet_from_metainfo(source)
     print(uri)
     return 0
-
-
-# -- make -------------------------------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``262144``, ``256K``, ``256KiB``, ``1M``, ``1MiB`` -> bytes (binary units)."""
-    match = _SIZE_RE.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 262144, 256K, 1M)")
-    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * scale
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return value
-
-
-def _build_make_parser(sub: _SubParsers) -> None:
-    p = sub.add_parser(
-        "make",
-        help="make a v1 .torrent of a file or directory",
-        description=(
-            "Make a BitTorrent v1 torrent. Directories: every regular file, hidden ones too, "
-            "sorted by path; empty directories are left out; symbolic links and special files "
-            "are skipped (with a warning), never followed."
-        ),
-    )
-    p.add_argument("path", metavar="PATH", help="file or directory to share")
-    p.add_argument(
-        "-o", "--output", metavar="OUT", help="output file, '-' for stdout (default: NAME.torrent)"
-    )
-    p.add_argument(
-        "-a",
-        "--announce",
-        metavar="TRACKER",
-        action="append",
-        default=[],
-        help="tracker URL; repeat for more, each in its own tier",
-    )
-    p.add_argument(
-        "-w",
-        "--web-seed",
-        metavar="URL",
-        action="append",
-        default=[],
-        help="web seed URL (BEP 19); repeatable",
-    )
-    p.add_argument("-p", "--private", action="store_true", help="set the private flag (BEP 27)")
-    p.add_argument(
-        "-l",
-        "--piece-length",
-        metavar="BYTES",
-        type=parse_size,
-        help="piece length, a power of two (e.g. 262144, 256K, 1M); "
-        "default: chosen for 1000-2000 pieces",
-    )
-    p.add_argument("-c", "--comment", metavar="TEXT")
-    p.add_argument("-n", "--name", metavar="NAME", help="torrent name (default: PATH's name)")
-    p.add_argument("-d", "--no-date", action="store_true", help="leave out the creation date")
-    p.add_argument(
-        "--created-by",
-        metavar="TEXT",
-        default=None,
-        help=f"'created by' text, '' to leave out (default: 'torrentfs {__version__}')",
-    )
-    p.add_argument(
-        "-t",
-        "--threads",
-        metavar="N",
-        type=_positive_int,
-        default=None,
-        help="hashing threads, each reading its own pieces (default: one per CPU core)",
-    )
-    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
-    p.set_defaults(func=cmd_make)
-
-
-def cmd_make(args: argparse.Namespace) -> int:
-    import hashlib
-    import time
-
-    from .bencode import decode_torrent
-    from .create import DEFAULT_CREATED_BY, choose_piece_length, create_torrent, scan_source
-    from .progress import ProgressBar, format_size
-
-    tree = scan_source(args.path, name=args.name)
-    out: str = args.output if args.output is not None else f"{tree.name}.torrent"
-    output = None if out == "-" else _Output(out, force=args.force, source=args.path)
-    try:
-        _warn_skipped(tree.skipped)
-        with ProgressBar(tree.total_size, label=f"hashing {_show(tree.name)}") as bar:
-            data = create_torrent(
-                tree,
-                trackers=args.announce,
-                web_seeds=args.web_seed,
-                private=args.private,
-                piece_length=args.piece_length,
-                comment=args.comment,
-                created_by=DEFAULT_CREATED_BY
-                if args.created_by is None
-                else args.created_by or None,
-                creation_date=None if args.no_date else int(time.time()),
-                threads=args.threads,
-                progress=lambda done, _total: bar.update(done),
-            )
-        if output is None:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        else:
-            output.commit(data)
-    finally:
-        if output is not None:
-            output.discard()
-    _, span = decode_torrent(data)
-    assert span is not None
-    info_hash = hashlib.sha1(data[span[0] : span[1]]).hexdigest()
-    piece_length = args.piece_length or choose_piece_length(tree.total_size)
-    summary = (
-        f"{out if output else '(stdout)'}: {_show(tree.name)}, {len(tree.files):,} "
-        f"file(s), {format_size(tree.total_size)}, {-(-tree.total_size // piece_length):,} "
-        f"pieces of {format_size(piece_length)}, info hash {info_hash}"
-    )
-    print(summary, file=sys.stderr if output is None else sys.stdout)
-    return 0
-
-
-def _warn_skipped(skipped: Sequence[tuple[str, str]], shown: int = 5) -> None:
-    for path, reason in skipped[:shown]:
-        print(f"{PROG}: warning: skipped {reason}: {_show(path)}", file=sys.stderr)
-    if len(skipped) > shown:
-        print(f"{PROG}: warning: skipped {len(skipped) - shown} more", file=sys.stderr)
-
-
-class _Output:
-    """The -o file: a temporary file next to it is created *before* hashing (so an unwritable
-    destination fails at once, not after an hour of hashing) and renamed into place at the end
-    (so a crash or Ctrl-C never leaves a truncated .torrent)."""
-
-    def __init__(self, path: str, *, force: bool, source: str) -> None:
-        self.path = path
-        self.force = force
-        if os.path.isdir(path):
-            raise CliError(f"{path}: is a directory")
-        if os.path.lexists(path):
-            if not force:
-                raise CliError(f"{path}: already exists (use --force to overwrite)")
-            if _inside(path, source):
-                raise CliError(f"{path}: refusing to overwrite a file being shared")
-        directory, base = os.path.split(path)
-        # Not tempfile.mkstemp: its 0600 is for secrets (a .torrent gets the umask's mode).
-        self._temp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.part")
-        try:
-            fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            self._temp = ""
-            raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
-        self._file = os.fdopen(fd, "wb")
-
-    def commit(self, data: bytes) -> None:
-        try:
-            self._file.write(data)
-            self._file.close()
-            if not self.force and os.path.lexists(self.path):
-                raise CliError(f"{self.path}: already exists (use --force to overwrite)")
-            os.replace(self._temp, self.path)
-        except OSError as e:
-            raise CliError(f"{self.path}: cannot write: {e.strerror or e}") from None
-        self._temp = ""
-
-    def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if self._temp:
-            try:
-                os.unlink(self._temp)
-            except OSError:
-                pass
-            self._temp = ""
-
-
-def _inside(path: str, source: str) -> bool:
-    real, top = os.path.realpath(path), os.path.realpath(source)
-    return real == top or real.startswith(top.rstrip("/") + "/")

@@ -36,7 +36,6 @@ Only v1 torrents are made: v2 (BEP 52) hashing is not implemented.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 import stat
 import threading
@@ -44,6 +43,11 @@ import threading
 from . import __version__
 from .bencode import encode
 from .errors import TorrentfsError
+
+try:  # OpenSSL's SHA-1 itself: `hashlib` would load blake2 and look up every algorithm first
+    from _hashlib import openssl_sha1 as sha1
+except ImportError:  # pragma: no cover - a Python built without OpenSSL
+    from hashlib import sha1
 
 # `torrentfs make` is a short-lived command whose start-up counts against its throughput (it
 # is benchmarked against mktorrent): this module imports neither `typing` nor `dataclasses`
@@ -60,7 +64,6 @@ __all__ = [
     "CreateError",
     "SourceFile",
     "SourceTree",
-    "build_torrent",
     "check_piece_length",
     "choose_piece_length",
     "create_torrent",
@@ -68,6 +71,8 @@ __all__ = [
     "hash_pieces",
     "make_torrent",
     "scan_source",
+    "sha1",
+    "torrent_dict",
 ]
 
 MIN_PIECE_LENGTH = 16 * 1024
@@ -270,7 +275,6 @@ def hash_pieces(
     failures: list[BaseException] = []
     stop = threading.Event()
     finished = threading.Semaphore(0)
-    sha1 = hashlib.sha1
 
     def worker() -> None:
         buf = bytearray(chunk_size)
@@ -399,7 +403,7 @@ _TRACKER_SCHEMES = frozenset({"http", "https", "udp", "ws", "wss"})
 _WEB_SEED_SCHEMES = frozenset({"http", "https", "ftp"})
 
 
-def build_torrent(
+def torrent_dict(
     tree: SourceTree,
     piece_length: int,
     pieces: bytes,
@@ -410,8 +414,8 @@ def build_torrent(
     comment: str | None = None,
     created_by: str | None = DEFAULT_CREATED_BY,
     creation_date: int | None = None,
-) -> bytes:
-    """The bencoded .torrent for `tree` with the given hashes.
+) -> dict[bytes, object]:
+    """The .torrent for `tree` with the given hashes, before bencoding (`encode` makes the file).
 
     Each tracker is its own tier (BEP 12) and the first is also ``announce`` (for BEP 3-only
     clients); ``announce-list`` is written only when there is more than one tracker, as
@@ -447,7 +451,7 @@ def build_torrent(
         torrent[b"created by"] = created_by.encode()
     if creation_date is not None:
         torrent[b"creation date"] = creation_date
-    return encode(torrent)
+    return torrent
 
 
 def create_torrent(
@@ -462,14 +466,15 @@ def create_torrent(
     creation_date: int | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> bytes:
-    """Hash and encode a scanned tree: the .torrent bytes (see `make_torrent`)."""
+) -> tuple[bytes, bytes]:
+    """Hash and encode a scanned tree: the .torrent bytes (see `make_torrent`) and the v1
+    info-hash (BEP 3: the SHA-1 of the bencoded ``info``, canonical here as in the file)."""
     if piece_length is None:
         piece_length = choose_piece_length(tree.total_size)
     else:
         check_piece_length(piece_length)
     # URLs are checked before the (possibly long) hashing, not after.
-    build_torrent(tree, piece_length, b"", trackers=trackers, web_seeds=web_seeds)
+    torrent_dict(tree, piece_length, b"", trackers=trackers, web_seeds=web_seeds)
     total = tree.total_size
 
     def report(done: int) -> None:
@@ -479,7 +484,7 @@ def create_torrent(
     pieces = hash_pieces(
         tree.files, piece_length, threads=threads, progress=None if progress is None else report
     )
-    return build_torrent(
+    torrent = torrent_dict(
         tree,
         piece_length,
         pieces,
@@ -490,6 +495,7 @@ def create_torrent(
         created_by=created_by,
         creation_date=creation_date,
     )
+    return encode(torrent), sha1(encode(torrent[b"info"])).digest()
 
 
 def make_torrent(
@@ -513,7 +519,7 @@ def make_torrent(
     to leave it out (reproducible torrents).
     """
     tree = scan_source(path, name=name)
-    data = create_torrent(
+    data, _ = create_torrent(
         tree,
         trackers=trackers,
         web_seeds=web_seeds,

@@ -23,6 +23,15 @@ __all__ = ["ProgressBar", "format_duration", "format_size"]
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def show(text: str) -> str:
+    """Untrusted text made safe for a terminal: C0 and C1 controls as ``\\xNN`` escapes (no
+    escape sequence, no carriage return rewriting the line)."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def format_size(n: float) -> str:
     """Binary units, three significant digits: ``512 B``, ``1.50 MiB``, ``24.0 GiB``."""
     if n < 1024:

@@ -8,6 +8,7 @@ line on stderr, never a traceback.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -291,14 +292,14 @@ def test_mount_form_calls_app_main_mount(
 def test_mount_form_without_app(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_import = cli.importlib.import_module
+    real_import = importlib.import_module
 
     def no_app(name: str) -> types.ModuleType:
         if name == "torrentfs.app":
             raise ModuleNotFoundError("No module named 'torrentfs.app'", name=name)
         return real_import(name)
 
-    monkeypatch.setattr(cli.importlib, "import_module", no_app)
+    monkeypatch.setattr(importlib, "import_module", no_app)
     code, out, err = run(capsys, "/metainfo", "/mnt/point")
     assert (code, out, err) == (2, "", "torrentfs: mounting is not available yet\n")
 

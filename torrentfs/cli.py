@@ -15,7 +15,6 @@ subcommand or an option is the mount form ``torrentfs METAINFO_DIR MOUNTPOINT``,
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -99,6 +98,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, builder, help_text) in EXTERNAL_COMMANDS.items():
         if name == command:
             try:
+                import importlib
+
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as e:
                 if e.name != module_name:
@@ -111,6 +112,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _main_mount(argv: list[str]) -> int:
+    import importlib
+
     try:
         app = importlib.import_module("torrentfs.app")
     except ModuleNotFoundError as e:

@@ -17,7 +17,7 @@ What this module guarantees:
   named it). Names must be valid UTF-8 (``name`` and ``path`` are UTF-8 strings in BEP 3).
 * **Pieces** -- SHA-1 of every ``piece length`` bytes of the files' concatenation (pieces span
   file boundaries, the last piece is short). Worker threads (one per CPU by default) each take
-  the next chunk of whole pieces (about 4 MiB), read it with ``preadv`` into their own reused
+  the next chunk of whole pieces (about 2 MiB), read it with ``preadv`` into their own reused
   buffer (files laid end to end, a chunk may span several) and hash it in place: `hashlib`
   releases the GIL for buffers over 2 KiB, so reading and hashing really run in parallel and
   nothing is copied twice. The source is read, never mapped: a file truncated while it is
@@ -90,7 +90,7 @@ TARGET_MAX_PIECES = 2000
 
 DEFAULT_CREATED_BY = f"torrentfs {__version__}"
 
-_CHUNK_TARGET = 4 * 1024 * 1024
+_CHUNK_TARGET = 2 * 1024 * 1024
 """Bytes per read: large enough for few syscalls and GIL-free hashing, small enough to share."""
 
 _PROGRESS_INTERVAL = 0.1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 
 import trio
 from hypothesis import given, settings
@@ -115,5 +116,49 @@ def test_receive_buffer_grows_for_a_fast_peer() -> None:
         assert min(sizes) <= RECEIVE_SIZE and max(sizes) <= MAX_RECEIVE_SIZE
         await conn.aclose()
         await sender.aclose()
+
+    trio.run(main)
+
+
+def copied(event: object) -> object:
+    """A `Piece` event with its block copied out of the receive buffer; others as they are."""
+    return (
+        m.Piece(event.index, event.begin, bytes(event.block))
+        if isinstance(event, m.Piece)
+        else event
+    )
+
+
+def test_what_is_received_over_tcp_is_acknowledged_at_once() -> None:
+    """After every receive the connection is out of delayed-ACK ("pingpong") mode: a peer
+    sending with Nagle's algorithm gets the ACK it waits for before the tail of a piece at
+    once, not 40 ms later (Linux: ``getsockopt(TCP_QUICKACK)`` is 1 outside that mode)."""
+    quickack = socket.TCP_QUICKACK
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        ours = await trio.open_tcp_stream("127.0.0.1", port)
+        theirs = await listeners[0].accept()
+        conn = PeerConnection(ours, PeerAddress("127.0.0.1", port), outgoing=True)
+        handshake = hs.Handshake(INFO_HASH, b"-XX0001-" + b"r" * 12, hs.DEFAULT_RESERVED)
+        await theirs.send_all(hs.encode(handshake))
+        await conn.receive_handshake()
+        conn.start_protocol(NUM_PIECES, piece_size)
+        sock = ours.socket
+        for n in range(3):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 0)  # as after sending requests
+            assert sock.getsockopt(socket.IPPROTO_TCP, quickack) == 0
+            await theirs.send_all(m.encode(m.Piece(n, 0, bytes(16384))))
+            events: list[object] = []
+            with trio.fail_after(10):
+                while not events:
+                    events = [copied(e) for e in await conn.receive_events()]
+            assert events == [m.Piece(n, 0, bytes(16384))]
+            assert sock.getsockopt(socket.IPPROTO_TCP, quickack) == 1
+        await conn.aclose()
+        await theirs.aclose()
+        for listener in listeners:
+            await listener.aclose()
 
     trio.run(main)

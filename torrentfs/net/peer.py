@@ -11,7 +11,14 @@ Guarantees (DESIGN.md §3 rule 2):
 - reads use large receive buffers (DESIGN.md §3 rule 10) and framing lives in the sans-IO
   `wire.protocol.PeerProtocol` (BEP 3), in its zero-copy mode: the blocks of the `Piece` events
   returned by `receive_events` are views of the receive buffer, valid until the next
-  `receive_events` call (the owner copies each block once, into its piece buffer).
+  `receive_events` call (the owner copies each block once, into its piece buffer);
+- what we receive is acknowledged at once (``TCP_QUICKACK`` after every receive, on Linux). We
+  send requests on the same connection, so the kernel treats it as interactive and delays its
+  ACKs (up to 40 ms) to piggyback them on our next message. A peer sending with Nagle's
+  algorithm holds its last, short segment until everything before it is acknowledged; once all
+  our requests are out we have nothing to send, so that tail -- the last block of the piece a
+  read waits for -- came 40+ ms late (measured with the libtorrent 2.0 seeder: 8 of 20 random
+  reads of one piece took ~50 ms instead of ~3; with the ACKs at once, none).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ OUTBOX_LIMIT = 16 * 1024 * 1024
 """Bytes queued to one peer before we decide it does not read what we send."""
 SEND_CHUNK = 256 * 1024
 """Largest single write: each must finish within `send_timeout` (a progress deadline)."""
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def tune_socket(stream: trio.SocketStream) -> None:
@@ -67,6 +75,7 @@ class PeerConnection:
         self._rbuf = bytearray(RECEIVE_SIZE // 4)
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._quickack = _TCP_QUICKACK is not None
         self.send_timeout = math.inf
         """Seconds one write of at most `SEND_CHUNK` bytes may take before the peer is dropped."""
         tune_socket(stream)
@@ -117,12 +126,23 @@ class PeerConnection:
         if not n:
             raise ProtocolError("peer closed the connection")
         self.bytes_received += n
+        self._ack_now()
         self.protocol.receive(memoryview(buf)[:n])
         if n == len(buf) and n < MAX_RECEIVE_SIZE:
             # A fast peer: read in larger chunks (fewer wake-ups per MiB). A new buffer, not a
             # resized one: the events just parsed still point into the old one.
             self._rbuf = bytearray(min(4 * n, MAX_RECEIVE_SIZE))
         return self.protocol.next_events()
+
+    def _ack_now(self) -> None:
+        """Acknowledge what was just received at once (``TCP_QUICKACK``), not up to 40 ms
+        later: see the module docstring. Linux clears the flag by itself, so it is set again
+        after every receive."""
+        if self._quickack and _TCP_QUICKACK is not None:
+            try:
+                self.stream.socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._quickack = False
 
     # -- send --------------------------------------------------------------------------------
 

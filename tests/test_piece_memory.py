@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_torrent_wants import add_seed
 
 import torrentfs.torrent
@@ -29,7 +31,7 @@ from torrentfs.picker import Priority
 from torrentfs.piece_memory import PieceMemory
 from torrentfs.session import SessionConfig, open_session
 from torrentfs.storage.base import MemoryStore
-from torrentfs.torrent import Peer, Torrent, TorrentConfig
+from torrentfs.torrent import Peer, PieceBuffer, Torrent, TorrentConfig, _sha1
 from torrentfs.types import BLOCK_SIZE, PeerAddress
 
 PIECE = 2 * BLOCK_SIZE
@@ -121,11 +123,15 @@ def engine(memory: PieceMemory, name: bytes = b"f.bin") -> tuple[Torrent, GatedS
     return t, store, add_seed(t)
 
 
-async def deliver(t: Torrent, peer: Peer, piece: int, corrupt: bool = False) -> None:
-    """The peer sends every block of `piece` (requested before); returns once the verifier
-    is done with it (hashing runs in a thread: not seen by `wait_all_tasks_blocked`)."""
+async def deliver(
+    t: Torrent, peer: Peer, piece: int, corrupt: bool = False, reverse: bool = False
+) -> None:
+    """The peer sends every block of `piece` (requested before; last block first if
+    `reverse`); returns once the verifier is done with it (hashing runs in a thread: not seen
+    by `wait_all_tasks_blocked`)."""
     failures = t.hash_failures
-    for begin in range(0, PIECE, BLOCK_SIZE):
+    begins = range(0, PIECE, BLOCK_SIZE)
+    for begin in reversed(begins) if reverse else begins:
         block = bytearray(DATA[piece * PIECE + begin : piece * PIECE + begin + BLOCK_SIZE])
         if corrupt:
             block[0] ^= 1
@@ -159,8 +165,9 @@ async def test_a_waiting_read_is_served_from_memory_before_the_write_ends() -> N
 
 
 @pytest.mark.parametrize("corrupt", [False, True])
+@pytest.mark.parametrize("order", ["in order", "reversed"])
 async def test_the_only_piece_a_read_waits_for_is_hashed_as_its_blocks_come(
-    monkeypatch: pytest.MonkeyPatch, corrupt: bool
+    monkeypatch: pytest.MonkeyPatch, corrupt: bool, order: str
 ) -> None:
     hops: list[int] = []
     monkeypatch.setattr(torrentfs.torrent, "_sha1", lambda data: hops.append(1) or b"")
@@ -171,7 +178,8 @@ async def test_the_only_piece_a_read_waits_for_is_hashed_as_its_blocks_come(
         nursery.start_soon(t._verifier)
         nursery.start_soon(partial(_append, got, t.read(7 * PIECE + 5, 100, timeout=30)))
         await trio.testing.wait_all_tasks_blocked()
-        await deliver(t, peer, 7, corrupt=corrupt)
+        # A seeder reading its disk with several threads sends blocks out of order.
+        await deliver(t, peer, 7, corrupt=corrupt, reverse=order == "reversed")
         await trio.testing.wait_all_tasks_blocked()
         assert hops == []  # no hashing hop: the digest came with the last block
         if corrupt:
@@ -180,6 +188,80 @@ async def test_the_only_piece_a_read_waits_for_is_hashed_as_its_blocks_come(
             assert got == [DATA[7 * PIECE + 5 : 7 * PIECE + 105]] and mem.holds(t, 7)
             assert store.written == frozenset()  # served before the write
         nursery.cancel_scope.cancel()
+
+
+async def test_a_piece_hashed_on_arrival_is_served_without_waiting_for_the_verifiers() -> None:
+    """The verifiers may be busy hashing and writing other pieces (a stream's, the head and
+    tail wanted at open): the read is served as the last block arrives, not after them."""
+    mem = PieceMemory(4 * PIECE)
+    t, store, peer = engine(mem)
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:  # no verifier runs
+        nursery.start_soon(partial(_append, got, t.read(4 * PIECE + 7, 300, timeout=30)))
+        await trio.testing.wait_all_tasks_blocked()
+        await deliver(t, peer, 4)
+        assert got == [DATA[4 * PIECE + 7 : 4 * PIECE + 307]]
+        assert mem.holds(t, 4) and not t.have[4] and 4 in t._writing
+        nursery.start_soon(t._verifier)  # the write still happens, once
+        store.gate.set()
+        with trio.fail_after(5):
+            while not t.have[4]:
+                await trio.sleep(0.001)
+        assert store.written == {4} and mem.holds(t, 4) and 4 not in t._writing
+        assert t.hash_failures == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_readahead_on_its_way_does_not_stop_hashing_on_arrival_a_stream_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hops: list[int] = []
+    monkeypatch.setattr(torrentfs.torrent, "_sha1", lambda data: hops.append(1) or _sha1(data))
+    mem = PieceMemory(8 * PIECE)
+    t, store, peer = engine(mem)
+    store.gate.set()
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(t._verifier)
+        t.want_range(2 * PIECE, PIECE, priority=Priority.HIGH, deadline=None)  # readahead
+        await t._on_block(peer, 2, 0, DATA[2 * PIECE : 2 * PIECE + BLOCK_SIZE], 0.0)
+        nursery.start_soon(partial(_append, got, t.read(7 * PIECE, 10, timeout=30)))
+        await trio.testing.wait_all_tasks_blocked()
+        await deliver(t, peer, 7)
+        assert hops == [] and got == [DATA[7 * PIECE : 7 * PIECE + 10]]
+        # Two reads waiting (a stream): a piece whose first block comes while another piece
+        # a read waits for is on its way is hashed in a worker thread.
+        nursery.start_soon(partial(_append, got, t.read(9 * PIECE, 10, timeout=30)))
+        nursery.start_soon(partial(_append, got, t.read(10 * PIECE, 10, timeout=30)))
+        await trio.testing.wait_all_tasks_blocked()
+        await t._on_block(peer, 9, 0, DATA[9 * PIECE : 9 * PIECE + BLOCK_SIZE], 0.0)
+        await deliver(t, peer, 10)
+        assert hops == [1] and got[1:] == [DATA[10 * PIECE :][:10]]
+        await deliver(t, peer, 9)  # its first block came alone: hashed on arrival
+        assert hops == [1] and got[2:] == [DATA[9 * PIECE :][:10]]
+        # A piece a handle's window covers is a stream's: hashed in a worker thread.
+        t.want_range(12 * PIECE, 4 * PIECE, priority=Priority.HIGH, deadline=None)
+        nursery.start_soon(partial(_append, got, t.read(12 * PIECE, 10, timeout=30)))
+        await trio.testing.wait_all_tasks_blocked()
+        await deliver(t, peer, 12)
+        assert hops == [1, 1] and got[3:] == [DATA[12 * PIECE :][:10]]
+        nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.permutations(range(6)))
+def test_hashing_on_arrival_in_any_order_is_the_piece_sha1(order: list[int]) -> None:
+    size = 5 * BLOCK_SIZE + 123  # a short last block, as in a torrent's last piece
+    data = random.Random(3).randbytes(size)
+    buf = PieceBuffer(size)
+    buf.hasher = hashlib.sha1()
+    for b in order:
+        begin = b * BLOCK_SIZE
+        block = data[begin : begin + BLOCK_SIZE]
+        buf.data[begin : begin + len(block)] = block
+        buf.hash_arrived(begin, len(block))
+    assert buf.hashed == size and not buf.early
+    assert buf.hasher.digest() == hashlib.sha1(data).digest()
 
 
 async def test_nothing_is_served_before_its_write_until_a_write_worked() -> None:

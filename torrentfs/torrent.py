@@ -177,15 +177,34 @@ class Peer:
 class PieceBuffer:
     """Blocks of a piece being assembled in memory, and who sent them (for blame on hash fail)."""
 
-    __slots__ = ("contributors", "data", "hashed", "hasher", "received")
+    __slots__ = ("contributors", "data", "early", "hashed", "hasher", "received")
 
     def __init__(self, size: int, data: bytearray | None = None) -> None:
         self.data = bytearray(size) if data is None else data
         self.received = 0
         self.contributors: set[Peer | WebSeed] = set()
         self.hasher: Any = None
-        """SHA-1 of the blocks so far, while they arrive in order (`Torrent._store_block`)."""
+        """SHA-1 of ``data[:hashed]``, kept up as blocks arrive (`Torrent._store_block`)."""
         self.hashed = 0
+        self.early: dict[int, int] = {}
+        """Blocks stored past ``hashed`` (begin -> length): a seeder reading its disk with
+        several threads sends a piece's blocks out of order."""
+
+    def hash_arrived(self, begin: int, size: int) -> None:
+        """The block ``[begin, begin+size)`` is in ``data``: extend the hash over it and over
+        the blocks that came early and now follow on, or remember it for later."""
+        if begin != self.hashed:
+            if begin > self.hashed:
+                self.early[begin] = size
+            else:
+                self.hasher = None  # cannot happen (a block is accepted once): hashed apart
+            return
+        end = begin + size
+        early = self.early
+        while end in early:
+            end += early.pop(end)
+        self.hasher.update(memoryview(self.data)[begin:end])
+        self.hashed = end
 
 
 SPARE_BUFFER_BYTES = 16 * 1024 * 1024
@@ -273,7 +292,7 @@ class Torrent:
         self._dial_wake = trio.Event()
         self._dialing = 0
         self._verify_send, self._verify_recv = trio.open_memory_channel[
-            tuple[int, bytearray, set[Peer | WebSeed], bytes | None]
+            tuple[int, bytearray, set[Peer | WebSeed], bytes | None, bool]
         ](8)
         self._completed: list[tuple[int, bytearray, set[Peer | WebSeed], bytes | None]] = []
         """Pieces whose last block just arrived, on their way to the verifiers."""
@@ -1151,19 +1170,16 @@ class Torrent:
             spare = self._spare_buffers
             reuse = spare.pop() if spare and piece_size == self.metainfo.piece_length else None
             buf = self.buffers[index] = PieceBuffer(piece_size, reuse)
-            if len(self.buffers) == 1 and self.memory.limit and index in self._piece_events:
-                # A read waits for the only piece on its way (a random read, not a stream):
-                # its blocks are hashed as they come, so it is served without a hashing hop.
+            if self.memory.limit and self._read_alone(index):
+                # A read waits for this piece and for no other piece on its way (a random
+                # read, not a stream): its blocks are hashed as they come, so it is served
+                # without a hashing hop.
                 buf.hasher = hashlib.sha1()
         buf.data[begin : begin + size] = block
         buf.received += size
         buf.contributors.add(peer)
         if buf.hasher is not None:
-            if begin == buf.hashed:
-                buf.hasher.update(block)
-                buf.hashed += size
-            else:
-                buf.hasher = None  # out of order: hashed in a worker thread as usual
+            buf.hash_arrived(begin, size)
         if result.piece_complete:
             # The buffer leaves `buffers`: no later block can reach it (the picker refuses
             # blocks of a complete piece), so the verifier may hash and write it as it is.
@@ -1172,6 +1188,18 @@ class Torrent:
             digest = buf.hasher.digest() if done else None
             self._completed.append((index, buf.data, buf.contributors, digest))
         return size
+
+    def _read_alone(self, index: int) -> bool:
+        """Whether a read waits for `index` (a random read's piece, not a stream's): wanted by
+        reads alone (no handle's window covers it), and no other piece a read waits for is on
+        its way. Readahead nobody waits on yet (the head and tail wanted at open) may be."""
+        events = self._piece_events
+        if index not in events:
+            return False
+        for first, end, priority in self._want_ranges.values():
+            if priority < Priority.NOW and first <= index < end:
+                return False
+        return not any(other in events for other in self.buffers if other != index)
 
     def _credit(self, peer: Peer | WebSeed, size: int, now: float) -> None:
         peer.download.add(size, now)
@@ -1182,16 +1210,34 @@ class Torrent:
     async def _send_completed(self) -> None:
         """Hand completed pieces to the verifiers (waiting if hashing is behind: back-pressure
         on this peer). If the task is cancelled meanwhile, no piece may be lost half-way: the
-        pieces not handed over are re-opened."""
+        pieces not handed over are re-opened.
+
+        A piece hashed as it arrived (`_store_block`) that a read waits for is served here, at
+        once, before the hand-over: held in `memory` and its readers woken, so the read is not
+        queued behind other pieces' hashing and writing in the verifiers (a random read right
+        after a stream's pieces, or the head and tail wanted at open)."""
         while self._completed:
-            item = self._completed.pop(0)
+            index, data, contributors, digest = self._completed.pop(0)
+            served = (
+                digest is not None
+                and self._serve_first(index)
+                and digest == self.metainfo.piece_hash(index)
+            )
+            if served:
+                self._writing.add(index)  # the buffer is written from once handed over
+                self._hold(index, data)
+                self._wake(index)
+            item = (index, data, contributors, digest, served)
             try:
                 self._verify_send.send_nowait(item)
             except trio.WouldBlock:
                 try:
                     await self._verify_send.send(item)
                 except BaseException:
-                    self.picker.piece_failed(item[0])
+                    if served:  # neither written nor `have`: not held either
+                        self._writing.discard(index)
+                        self.memory.discard(self, index)
+                    self.picker.piece_failed(index)
                     for rest in self._completed:
                         self.picker.piece_failed(rest[0])
                     self._completed.clear()
@@ -1201,10 +1247,11 @@ class Torrent:
         """Hash each completed piece and store it if it matches, in one worker-thread hop
         (`PieceStore.write_verified`); its buffer is then held in `memory` for reads, or free
         for another piece. A piece some read waits for is hashed first, held and served, then
-        written (`_serve_first`)."""
-        async for index, data, contributors, digest in self._verify_recv:
+        written (`_serve_first`); one hashed on arrival may have been served already
+        (`served`, `_send_completed`)."""
+        async for index, data, contributors, digest, served in self._verify_recv:
             expected = self.metainfo.piece_hash(index)
-            early = self._serve_first(index)
+            early = served or self._serve_first(index)
             self._writing.add(index)
             try:
                 # Room is made before the hash is known: a piece failing its hash (rare) only
@@ -1215,8 +1262,9 @@ class Torrent:
                             digest = await trio.to_thread.run_sync(_sha1, data)
                         ok = digest == expected
                         if ok:
-                            self._hold(index, data)
-                            self._wake(index)
+                            if not served:
+                                self._hold(index, data)
+                                self._wake(index)
                             await self.store.write_piece(index, data)
                     else:
                         ok = await self.store.write_verified(index, data, expected)

@@ -45,6 +45,7 @@ from torrentfs.daemon import Readiness, daemonize, report_status
 from torrentfs.engine_cli import dht_bootstrap, parse_dht_nodes
 from torrentfs.errors import TorrentfsError, TorrentRemoved
 from torrentfs.eviction import parse_pin_value, readahead_cap
+from torrentfs.fs.drop_behind import PageDropper, drop_lag
 from torrentfs.fs.mount import (
     DEFAULT_KERNEL_READAHEAD,
     Mount,
@@ -172,7 +173,8 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    "(default 32M; 0: off)")  # fmt: skip
     p.add_argument("--keep-page-cache", action="store_true",
                    help="leave downloaded data in the page cache (default: write it behind and "
-                   "drop it once every reader is past it)")  # fmt: skip
+                   "drop it once every reader is past it; a file streamed while it downloads "
+                   "keeps only its last pages in the mount's page cache)")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, comma-separated: any setting as key=value, FUSE options "
                    "(allow_other, default_permissions, max_read=N...), generic mount options "
@@ -399,6 +401,12 @@ async def run_mount(
         mount = Mount(
             ops, args.mountpoint.expanduser(), fuse_opts, kernel_readahead=args.kernel_readahead
         )
+        if not args.keep_page_cache:
+            ops.page_dropper = PageDropper(
+                mount.mountpoint,
+                lambda: ops.mounted and not ops.closing,
+                lag=drop_lag(args.kernel_readahead),
+            )
         mount.mount()
         status = 0
         try:

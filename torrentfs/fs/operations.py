@@ -43,6 +43,7 @@ import pyfuse3
 import trio
 
 from torrentfs.errors import ReadTimeout, StorageError, TorrentfsError, TorrentRemoved
+from torrentfs.fs.drop_behind import Behind, PageDropper
 from torrentfs.fs.tree import ROOT_INODE, FsTree, Node
 from torrentfs.magnet import magnet_from_metainfo
 from torrentfs.metainfo import Metainfo
@@ -199,6 +200,8 @@ class Handle:
     node: Node
     reader: Reader
     scopes: set[trio.CancelScope] = field(default_factory=set)
+    behind: Behind | None = None
+    """Drops this handle's pages far behind its reads (`PageDropper`; incomplete files only)."""
 
 
 class FsOperations(pyfuse3.Operations):
@@ -246,6 +249,8 @@ class FsOperations(pyfuse3.Operations):
         """Set by the app: the root's ``user.torrentfs.status``, the budget for ``statfs``."""
         self.invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
         self.page_invalidator = PageInvalidator(lambda: self.mounted and not self.closing)
+        self.page_dropper: PageDropper | None = None
+        """Set by the app (unless ``--keep-page-cache``): drop-behind of streamed files."""
 
     def init(self) -> None:
         """pyfuse3: the kernel's FUSE INIT is being answered (called once, never raises)."""
@@ -371,6 +376,8 @@ class FsOperations(pyfuse3.Operations):
                 scope.cancel()
             handle.reader.release()
         self.page_invalidator.close()
+        if self.page_dropper is not None:
+            self.page_dropper.close()
 
     async def wait_drained(self, *, quiet: float = 0.2, limit: float = 2.0) -> None:
         """After `shutdown`: wait (at most ``limit`` s) until no read came for ``quiet`` s.
@@ -503,6 +510,9 @@ class FsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if self.closing or not node.attached or node.info_hash is None or node.file is None:
             raise pyfuse3.FUSEError(errno.EIO if self.closing else errno.ENOENT)
+        dropper = self.page_dropper
+        if dropper is not None and dropper.is_own(ctx.pid):
+            return pyfuse3.FileInfo(fh=0, keep_cache=True)  # only to drop pages: no reader
         torrent = self.engine.get(node.info_hash)
         if torrent is None:
             raise TorrentRemoved(f"{node.name!r}: torrent not in the session")
@@ -516,7 +526,9 @@ class FsOperations(pyfuse3.Operations):
         )
         reader.start()
         fh = next(self._fhs)
-        self.handles[fh] = Handle(fh, node, reader)
+        handle = self.handles[fh] = Handle(fh, node, reader)
+        if dropper is not None and not torrent.have_range(node.file.offset, node.file.length):
+            handle.behind = dropper.follow(reader.name)
         # The bytes of an inode never change: the page cache may always be kept.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -531,6 +543,8 @@ class FsOperations(pyfuse3.Operations):
             self.active_reads += 1
             try:
                 data = await handle.reader.read(off, size)
+                if handle.behind is not None:
+                    handle.behind.on_read(off, len(data))
                 self.reads += 1
                 self.read_bytes += len(data)
                 return data

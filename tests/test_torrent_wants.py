@@ -260,3 +260,19 @@ async def test_a_read_of_a_piece_being_verified_reorders_nothing() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert peer_queue(conn) == before and conn.cancels() == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_read_waiting_for_an_unchoke_asks_all_its_blocks_once_unchoked() -> None:
+    """The first read of a torrent just activated waits for the peer's unchoke; then its
+    pieces go out whole at once (as `read` rushes them), not a pipeline's depth at a time."""
+    t, peer, conn = torrent_with_seed()
+    t.config.min_pipeline = t.config.max_pipeline = 1  # a peer whose rate is not known yet
+    peer.peer_choking = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.read, 50 * PIECE, PIECE, timeout=30))
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer_queue(conn) == []  # choked: nothing may be asked yet
+        await t._handle(peer, m.Unchoke(), trio.current_time())
+        t._fill_requests(peer)  # as the peer's reader does after each receive
+        assert peer_queue(conn) == [(50, 0), (50, 16384)]
+        nursery.cancel_scope.cancel()

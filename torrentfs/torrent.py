@@ -978,6 +978,12 @@ class Torrent:
                 # out until their timeout (a stalled read otherwise).
                 peer.choked_with_requests = False
                 self._release_requests(peer)
+            waiting = [p for p in self._piece_events if not self.have[p]]
+            if waiting:
+                # Reads that came while no peer could serve them (the first read of a torrent
+                # just activated): their pieces go out whole now, as `read` rushes them, not a
+                # pipeline's depth at a time (a new peer's rate, so its depth, is not known).
+                self._rush(sorted(waiting))
         elif t is m.Choke:
             peer.peer_choking = True
             if not peer.fast:

@@ -567,15 +567,17 @@ def test_download_writes_behind_unless_keep_page_cache() -> None:
 
 
 def test_mount_writes_behind_past_its_readahead_unless_keep_page_cache() -> None:
-    """The mount's stores write behind (`FileStore.drop_written`), dropping a piece's pages
-    only once more than a stream's readahead was written after it."""
+    """The mount's stores write behind (`FileStore.drop_written`) like the download's, a
+    kernel readahead later (readers close behind the download are served from `PieceMemory`),
+    not a readahead window later: that much fresh page cache per stream cost CPU."""
     from torrentfs.app import _session_config, build_mount_parser
+    from torrentfs.storage.files import DROP_LAG
 
     parser = build_mount_parser()
     dirs = ["--download-dir", "/d", "--state-dir", "/s"]
     plain = parser.parse_args(["META", "MNT", *dirs, "--readahead-max", "64M"])
     config = _session_config(plain)
     assert config.drop_written
-    assert config.drop_lag is not None and config.drop_lag > 64 * 2**20 + plain.kernel_readahead
+    assert config.drop_lag == DROP_LAG + plain.kernel_readahead
     kept = parser.parse_args(["META", "MNT", *dirs, "--keep-page-cache"])
     assert not _session_config(kept).drop_written

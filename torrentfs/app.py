@@ -60,6 +60,7 @@ from torrentfs.readahead import MiB, ReadaheadPolicy
 from torrentfs.reader import DEFAULT_READ_TIMEOUT
 from torrentfs.session import Session, SessionConfig, open_session
 from torrentfs.status import MountStatus
+from torrentfs.storage.files import DROP_LAG
 from torrentfs.torrent import TorrentConfig
 from torrentfs.watch import MetainfoItem, MetainfoWatcher
 
@@ -352,15 +353,17 @@ def _session_config(args: argparse.Namespace) -> SessionConfig:
 
 
 def _drop_lag(args: argparse.Namespace) -> int:
-    """Write-behind for the mount: a piece's pages leave the page cache only once this many
-    bytes were written after it -- more than a stream's readahead window, its slack and the
-    kernel's readahead, so a reader finds what it waits for still cached (then kept in the
-    mount's own page cache). Recycling page frames instead of first-touching fresh memory for
-    every piece written (perf: pwrite was the largest kernel cost of a cold stream) cut the
-    mount's system CPU for a cold 1 GiB ``dd`` from 2.7-4.6 s to 1.1 s, and a stream no longer
-    caches every byte twice."""
-    slack = max(_DEFAULT_POLICY.slack_bytes, 2 * args.kernel_readahead)
-    return args.readahead_max + slack + args.kernel_readahead + 32 * MiB
+    """Write-behind for the mount: a piece's pages leave the data file's page cache once this
+    many bytes were written after it -- the download's lag (`storage.files.DROP_LAG`) plus the
+    kernel's readahead, not the whole readahead window. A reader waiting for a piece, and one
+    close behind the download, is served from `PieceMemory` (the piece's own buffer), not from
+    the page cache; a reader further behind reads the piece back from disk (verified bytes all
+    the same). A longer lag (it was the readahead window + slack + 40 MiB: 184 MiB by default)
+    first-touched that much fresh page-cache memory per stream, and on this project's VMs every
+    such frame costs a host-side fault inside ``pwrite``: in ``perf record -a`` of a cold 1 GiB
+    ``dd`` the copy into the data file (``copy_folio_from_iter_atomic``) fell from ~870 samples
+    to ~165 (the download: ~210)."""
+    return args.kernel_readahead + DROP_LAG
 
 
 async def run_mount(

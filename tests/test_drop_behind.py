@@ -31,8 +31,8 @@ class Recorder(PageDropper):
         super().__init__(Path("/nonexistent"), lambda: True, lag=lag)
         self.asked: list[tuple[str, int, int]] = []
 
-    def submit(self, path: str, start: int, end: int) -> None:
-        self.asked.append((path, start, end))
+    def submit(self, behind: Behind, start: int, end: int) -> None:
+        self.asked.append((behind.path, start, end))
 
 
 def stream(behind: Behind, start: int, end: int, size: int = MiB) -> None:
@@ -92,10 +92,14 @@ def test_drop_lag_scales_with_the_kernel_readahead() -> None:
 def test_the_worker_drops_pages_of_a_file_and_knows_its_own_thread(tmp_path: Path) -> None:
     data = tmp_path / "f.bin"
     data.write_bytes(os.urandom(4 * MiB))
+    (tmp_path / "g.bin").write_bytes(os.urandom(MiB))
     d = PageDropper(tmp_path, lambda: True, lag=MiB)
     assert not d.is_own(os.getpid())
-    d.submit("f.bin", 0, 2 * MiB)
-    d.submit("missing.bin", 0, MiB)  # an open that fails is logged and skipped
+    closed = d.follow("g.bin")
+    closed.close()  # a released handle: its drops not yet done are skipped
+    d.submit(closed, 0, MiB)
+    d.submit(d.follow("f.bin"), 0, 2 * MiB)
+    d.submit(d.follow("missing.bin"), 0, MiB)  # an open that fails is logged and skipped
     d.close()
     assert d._thread is not None
     d._thread.join(10)

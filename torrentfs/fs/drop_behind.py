@@ -66,7 +66,7 @@ class PageDropper:
         """Pages are dropped in ranges at least this long (one open and one fadvise each)."""
         self.dropped = 0
         """Bytes asked to be dropped so far (for tests and logs)."""
-        self._queue: queue.Queue[tuple[str, int, int] | None] = queue.Queue(MAX_PENDING)
+        self._queue: queue.Queue[tuple[Behind, int, int] | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
         self._tid: int | None = None
 
@@ -78,14 +78,14 @@ class PageDropper:
         """A tracker for one handle reading ``path`` (relative to the mount point)."""
         return Behind(self, path)
 
-    def submit(self, path: str, start: int, end: int) -> None:
+    def submit(self, behind: Behind, start: int, end: int) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="fuse-drop-behind", daemon=True)
             self._thread.start()
         try:
-            self._queue.put_nowait((path, start, end))
+            self._queue.put_nowait((behind, start, end))
         except queue.Full:  # the worker is behind: these pages just stay cached
-            log.debug("drop-behind queue full; %s [%d, %d) stays cached", path, start, end)
+            log.debug("drop-behind queue full; %s [%d, %d) stays cached", behind.path, start, end)
 
     def close(self) -> None:
         """Stop the worker once its queue is done (never blocks the caller)."""
@@ -98,8 +98,11 @@ class PageDropper:
     def _run(self) -> None:
         self._tid = threading.get_native_id()
         while (item := self._queue.get()) is not None:
-            path, start, end = item
-            if not self.live():
+            behind, start, end = item
+            path = behind.path
+            if not self.live() or behind.closed:
+                # A closed handle's backlog is left: the next handle on the file (now complete,
+                # say, and re-read) fills the page cache again, and a late drop would empty it.
                 continue
             try:
                 fd = os.open(self.mountpoint / path, os.O_RDONLY | os.O_CLOEXEC)
@@ -115,7 +118,7 @@ class PageDropper:
 class Behind:
     """One handle's sequential run: which of its pages are far enough behind to drop."""
 
-    __slots__ = ("dropper", "high", "mark", "path")
+    __slots__ = ("closed", "dropper", "high", "mark", "path")
 
     def __init__(self, dropper: PageDropper, path: str) -> None:
         self.dropper = dropper
@@ -124,6 +127,11 @@ class Behind:
         """Start of the current run's pages not yet dropped (-1: no read yet)."""
         self.high = 0
         """End of the furthest read of the current run."""
+        self.closed = False
+        """Set when the handle is released: its drops not yet done are skipped."""
+
+    def close(self) -> None:
+        self.closed = True
 
     def on_read(self, offset: int, size: int) -> None:
         """A read of ``[offset, offset + size)`` was answered on this handle."""
@@ -139,7 +147,7 @@ class Behind:
         behind = self.high - lag
         behind -= behind % _PAGE
         if behind - self.mark >= self.dropper.chunk:
-            self.dropper.submit(self.path, self.mark, behind)
+            self.dropper.submit(self, self.mark, behind)
             self.mark = behind
 
 

@@ -203,6 +203,12 @@ class Handle:
     behind: Behind | None = None
     """Drops this handle's pages far behind its reads (`PageDropper`; incomplete files only)."""
 
+    def release(self) -> None:
+        """The handle is closed: its reader's wants go, and so do its drops not yet done."""
+        self.reader.release()
+        if self.behind is not None:
+            self.behind.close()
+
 
 class FsOperations(pyfuse3.Operations):
     """The handlers. Owns the tree and the open handles; asks the engine for data."""
@@ -340,7 +346,7 @@ class FsOperations(pyfuse3.Operations):
         inodes: set[int] = set()
         for handle in list(self.handles.values()):
             if handle.node.info_hash == info_hash:
-                handle.reader.release()
+                handle.release()
                 inodes.add(handle.node.inode)
                 for scope in handle.scopes:
                     scope.cancel()
@@ -559,7 +565,7 @@ class FsOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
         if handle is not None:
-            handle.reader.release()
+            handle.release()
 
     @_boundary
     async def flush(self, fh: int) -> None:

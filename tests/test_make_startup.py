@@ -125,3 +125,30 @@ def test_modules_helper_fails_on_a_failing_command() -> None:
     # The helper must not pass vacuously when `make` exits early with an error.
     with pytest.raises(AssertionError):
         _modules_after(["make", "/nonexistent/path/for/make"])
+
+
+def test_the_console_script_make_flushes_before_its_quick_exit(tmp_path: Path) -> None:
+    # `torrentfs make` leaves with os._exit (cli.run): what it printed must still arrive whole,
+    # through pipes, and its status must be make's own.
+    script = Path(sys.executable).parent / "torrentfs"
+    src = tmp_path / "data.bin"
+    src.write_bytes(b"z" * 70_000)
+    out = tmp_path / "data.torrent"
+    ok = subprocess.run(
+        [str(script), "make", str(src), "-o", str(out), "-l", "16K"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"{out}: data.bin, 1 file(s),") and ok.stdout.endswith("\n")
+    assert "5 pieces of 16.0 KiB, info hash " in ok.stdout
+    assert out.stat().st_size > 100
+    again = subprocess.run(
+        [str(script), "make", str(src), "-o", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 2
+    assert again.stderr == f"torrentfs: {out}: already exists (use --force to overwrite)\n"
+    piped = subprocess.run(
+        [str(script), "make", str(src), "-o", "-", "-d"], capture_output=True, timeout=60
+    )
+    assert piped.returncode == 0 and piped.stdout.startswith(b"d")
+    assert piped.stdout.endswith(b"e") and b"(stdout): data.bin" in piped.stderr

@@ -1,5 +1,5 @@
 """`python -m torrentfs` runs the command-line interface."""
 
-from torrentfs.cli import main
+from torrentfs.cli import run
 
-raise SystemExit(main())
+run()

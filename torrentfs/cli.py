@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-__all__ = ["EXTERNAL_COMMANDS", "CliError", "build_parser", "load_source", "main"]
+__all__ = ["EXTERNAL_COMMANDS", "CliError", "build_parser", "load_source", "main", "run"]
 
 PROG = "torrentfs"
 EXIT_USAGE = 2
@@ -127,6 +127,25 @@ def _main_mount(argv: list[str]) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split()) or "error"
+
+
+def run() -> None:
+    """The console script: `main`, then exit with its status.
+
+    ``torrentfs make`` then leaves with ``os._exit`` once stdout and stderr are flushed: it
+    holds nothing that needs the interpreter's orderly shutdown (no logging handlers, no
+    threads left, its output already renamed into place), and that shutdown is a visible share
+    of a 0.2 s run benchmarked against mktorrent. Every other command exits normally.
+    """
+    status = main()
+    if sys.argv[1:2] == ["make"]:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: main() already said what it had to
+                pass
+        os._exit(status)
+    sys.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

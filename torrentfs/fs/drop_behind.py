@@ -107,6 +107,8 @@ class PageDropper:
             try:
                 fd = os.open(self.mountpoint / path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    if behind.closed:  # closed while this open went through the mount
+                        continue
                     os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)

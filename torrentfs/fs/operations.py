@@ -533,8 +533,13 @@ class FsOperations(pyfuse3.Operations):
         reader.start()
         fh = next(self._fhs)
         handle = self.handles[fh] = Handle(fh, node, reader)
-        if dropper is not None and not torrent.have_range(node.file.offset, node.file.length):
-            handle.behind = dropper.follow(reader.name)
+        if dropper is not None:
+            if not torrent.have_range(node.file.offset, node.file.length):
+                handle.behind = dropper.follow(reader.name)
+            else:  # complete: its pages stay; drops left by earlier handles are not done
+                for other in self.handles.values():
+                    if other.node is node and other.behind is not None:
+                        other.behind.close()
         # The bytes of an inode never change: the page cache may always be kept.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 

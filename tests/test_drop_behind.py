@@ -153,4 +153,7 @@ def test_a_streamed_file_leaves_only_its_tail_cached_and_a_complete_one_stays_ca
     # The file is complete now: a new handle keeps every page it reads.
     out = subprocess.run(["sha256sum", str(path)], capture_output=True, check=True)
     assert out.stdout.split()[0].decode() == sha256_file(payload.root)
-    assert resident_bytes(path) >= size - 4096
+    # Page cache is advice, not a promise (the kernel may evict a few pages, and a drop that
+    # was already under way when this handle opened may land): far more than the ~25 MiB a
+    # streamed handle leaves must stay - here nearly the whole file.
+    assert resident_bytes(path) >= size - 4 * MiB > lag + lag // 4 + 2 * MiB

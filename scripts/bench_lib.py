@@ -14,6 +14,9 @@ What they guarantee, so that every benchmark measures the same way:
   Its stdout JSON lines are collected.
 * Payloads are deterministic and cached under ``/var/tmp/torrentfs-bench`` (or
   ``$TORRENTFS_BENCH_CACHE``) with their sha256, so re-runs do not regenerate a gigabyte.
+* ``settle()`` runs before every timed client: dirty pages written back (``sync``) and the
+  machine quiet (under 10% of its CPUs busy for 0.3 s, waiting at most 10 s), so no client pays
+  for the writeback, file deletion or memory reclaim the client before it left behind.
 * Sizes: ``MB`` = 10**6 bytes for rates (as the reference figures in LOOPBACK-SWARMS.md),
   ``MiB``/``GiB`` for sizes.
 """
@@ -74,6 +77,7 @@ __all__ = [
     "parse_size",
     "require_isolated_network",
     "run_measured",
+    "settle",
     "sha256_file",
 ]
 
@@ -251,6 +255,33 @@ def run_measured(
         stderr_tail=tail,
         timed_out=timed_out.is_set(),
     )
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (``/proc/stat``); steal counts as idle."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4] + (fields[7] if len(fields) > 7 else 0)  # idle, iowait, steal
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def settle(*, busy_below: float = 0.10, window: float = 0.3, limit: float = 10.0) -> float:
+    """Write back dirty pages and wait until the machine is quiet; the seconds it took.
+
+    Quiet: under ``busy_below`` of all CPUs busy over ``window`` seconds. Gives up (and says
+    so on stderr) after ``limit`` seconds: a machine busy with other work is measured as is.
+    """
+    t0 = time.monotonic()
+    os.sync()
+    while True:
+        busy0, total0 = _cpu_times()
+        time.sleep(window)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and (busy1 - busy0) / (total1 - total0) < busy_below:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > limit:
+            print(f"bench: machine still busy after {limit:g} s; measuring anyway", file=sys.stderr)
+            return time.monotonic() - t0
 
 
 def median(values: Sequence[float | None]) -> float | None:

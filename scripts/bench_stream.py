@@ -43,6 +43,9 @@ when other work shares the machine and wall-clock rates do not; the references r
 (from ``wait4``) per GiB downloaded.  ``--profile DIR`` runs the torrentfs mount under cProfile
 and leaves one ``.prof`` file per mount in DIR (``python -m pstats`` reads them).
 
+Before every mount and every reference download the machine is let settle (``bench_lib.settle``:
+``sync``, then until it is quiet), so no client pays for the one before it.
+
 References without a mount, on the same swarm set-up: ``torrentfs download`` and ``aria2c``,
 driven exactly as ``bench download`` drives them (its ``measure`` function).
 
@@ -90,6 +93,7 @@ from bench_lib import (
     median,
     next_loopback,
     require_isolated_network,
+    settle,
     vm_hwm,
 )
 
@@ -444,6 +448,7 @@ def with_mount(
         extra_args=["--trust", *SEEDER_ARGS], log_dir=d,
     )  # fmt: skip
     mount = MOUNT_CMDS[client](torrent, source.name, d, next_loopback(), d / "mnt")
+    settle()  # not the previous phase's writeback or freed gigabyte
     try:
         seeder.start()
         tracker.wait_seeders(torrent.info_hash)
@@ -715,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                     ok, err = m.ok, m.error
                 else:
                     name = "torrentfs" if client == "download" else client
+                    settle()
                     r = bench_download.measure(name, run, torrent, payload.root, digest, tracker,
                                                work, args.timeout)  # fmt: skip
                     refs.append(r)

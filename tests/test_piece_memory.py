@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_torrent_wants import add_seed
 
-import torrentfs.torrent
 from torrentfs.bencode import encode
 from torrentfs.errors import ReadTimeout
 from torrentfs.metainfo import Metainfo, parse_metainfo
@@ -31,7 +31,7 @@ from torrentfs.picker import Priority
 from torrentfs.piece_memory import PieceMemory
 from torrentfs.session import SessionConfig, open_session
 from torrentfs.storage.base import MemoryStore
-from torrentfs.torrent import Peer, PieceBuffer, Torrent, TorrentConfig, _sha1
+from torrentfs.torrent import Peer, PieceBuffer, Torrent, TorrentConfig
 from torrentfs.types import BLOCK_SIZE, PeerAddress
 
 PIECE = 2 * BLOCK_SIZE
@@ -164,15 +164,34 @@ async def test_a_waiting_read_is_served_from_memory_before_the_write_ends() -> N
         nursery.cancel_scope.cancel()
 
 
+def count_hashing_hops(monkeypatch: pytest.MonkeyPatch, store: MemoryStore) -> list[int]:
+    """One entry per piece hashed in a worker-thread hop that serves its readers on a match
+    (`PieceStore.write_verified` with ``on_match``), not hashed as its blocks came."""
+    hops: list[int] = []
+    real = store.write_verified
+
+    async def counting(
+        piece: int,
+        data: bytes | bytearray,
+        expected: bytes,
+        on_match: Callable[[], None] | None = None,
+    ) -> bool:
+        if on_match is not None:
+            hops.append(1)
+        return await real(piece, data, expected, on_match)
+
+    monkeypatch.setattr(store, "write_verified", counting)
+    return hops
+
+
 @pytest.mark.parametrize("corrupt", [False, True])
 @pytest.mark.parametrize("order", ["in order", "reversed"])
 async def test_the_only_piece_a_read_waits_for_is_hashed_as_its_blocks_come(
     monkeypatch: pytest.MonkeyPatch, corrupt: bool, order: str
 ) -> None:
-    hops: list[int] = []
-    monkeypatch.setattr(torrentfs.torrent, "_sha1", lambda data: hops.append(1) or b"")
     mem = PieceMemory(4 * PIECE)
     t, store, peer = engine(mem)
+    hops = count_hashing_hops(monkeypatch, store)
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(t._verifier)
@@ -215,10 +234,9 @@ async def test_a_piece_hashed_on_arrival_is_served_without_waiting_for_the_verif
 async def test_readahead_on_its_way_does_not_stop_hashing_on_arrival_a_stream_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hops: list[int] = []
-    monkeypatch.setattr(torrentfs.torrent, "_sha1", lambda data: hops.append(1) or _sha1(data))
     mem = PieceMemory(8 * PIECE)
     t, store, peer = engine(mem)
+    hops = count_hashing_hops(monkeypatch, store)
     store.gate.set()
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:

@@ -15,6 +15,7 @@ What it guarantees:
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import itertools
 import logging
@@ -1263,14 +1264,16 @@ class Torrent:
                 # Room is made before the hash is known: a piece failing its hash (rare) only
                 # leaves the budget's estimate high until its next measurement.
                 async with self.cache.room_for(self, index):
-                    if early:
-                        if digest is None:
-                            digest = await trio.to_thread.run_sync(_sha1, data)
+                    if early and digest is None:
+                        # Hashed and written in one worker-thread hop; the readers are served
+                        # from memory as soon as the digest matched, while it is written.
+                        serve = functools.partial(self._serve, index, data)
+                        ok = await self.store.write_verified(index, data, expected, on_match=serve)
+                    elif early:
                         ok = digest == expected
                         if ok:
                             if not served:
-                                self._hold(index, data)
-                                self._wake(index)
+                                self._serve(index, data)
                             await self.store.write_piece(index, data)
                     else:
                         ok = await self.store.write_verified(index, data, expected)
@@ -1304,6 +1307,13 @@ class Torrent:
             and not self._closed
             and index in self._piece_events
         )
+
+    def _serve(self, index: int, data: bytearray) -> None:
+        """Verified `index` goes to the reads waiting for it: held in `memory`, readers woken
+        (not once the torrent closed: nobody reads it any more)."""
+        if not self._closed:
+            self._hold(index, data)
+            self._wake(index)
 
     def _hold(self, index: int, data: bytearray) -> None:
         """Keep verified `data` in `memory`; buffers it pushed out are reused where they can
@@ -1645,7 +1655,3 @@ class Torrent:
             banned=len(self.banned),
             file_progress=file_progress,
         )
-
-
-def _sha1(data: bytes | bytearray) -> bytes:
-    return hashlib.sha1(data).digest()

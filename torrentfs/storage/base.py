@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from torrentfs.errors import StorageError
@@ -73,10 +73,20 @@ class PieceStore(Protocol):
         """Store a whole piece whose SHA-1 already matched; ``len(data) == piece_size``."""
         ...
 
-    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+    async def write_verified(
+        self,
+        piece: int,
+        data: bytes | bytearray,
+        expected: bytes,
+        on_match: Callable[[], None] | None = None,
+    ) -> bool:
         """Hash `data` (SHA-1, BEP 3) and store it as `write_piece` only if the digest is
         `expected`; False (nothing written) otherwise. One pass over the bytes where the store
-        can: the engine's download path, which then never touches a piece twice."""
+        can: the engine's download path, which then never touches a piece twice.
+
+        `on_match` (on the trio thread) is called once the digest matched, before the write
+        is done: readers waiting for the piece are served from memory without waiting for the
+        disk, and without a second worker-thread hop after the hash."""
         ...
 
     async def evict_piece(self, piece: int) -> None:
@@ -181,11 +191,19 @@ class MemoryStore:
             raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
         self._pieces[piece] = bytes(data)
 
-    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+    async def write_verified(
+        self,
+        piece: int,
+        data: bytes | bytearray,
+        expected: bytes,
+        on_match: Callable[[], None] | None = None,
+    ) -> bool:
         if len(data) != self.piece_size(piece):
             raise ValueError(f"piece {piece} is {self.piece_size(piece)} bytes, got {len(data)}")
         if hashlib.sha1(data).digest() != expected:
             return False
+        if on_match is not None:
+            on_match()
         await self.write_piece(piece, bytes(data))
         return True
 

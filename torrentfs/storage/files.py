@@ -389,15 +389,27 @@ class FileStore:
             raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
         await trio.to_thread.run_sync(self._write_runs, self._piece_runs(piece), data)
 
-    async def write_verified(self, piece: int, data: bytes | bytearray, expected: bytes) -> bool:
+    async def write_verified(
+        self,
+        piece: int,
+        data: bytes | bytearray,
+        expected: bytes,
+        on_match: Callable[[], None] | None = None,
+    ) -> bool:
         size = self._geometry.piece_size(piece)
         if len(data) != size:
             raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
         runs = self._piece_runs(piece)
+        token = trio.lowlevel.current_trio_token() if on_match is not None else None
 
         def hash_then_write() -> bool:  # one worker-thread hop for both
             if hashlib.sha1(data).digest() != expected:
                 return False
+            if token is not None and on_match is not None:
+                # Queued on the trio thread ahead of this hop's own completion: it runs while
+                # the bytes go to disk. (A run that ended meanwhile has no reader left.)
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(on_match)
             self._write_runs(runs, data)
             return True
 

@@ -14,9 +14,12 @@ What they guarantee, so that every benchmark measures the same way:
   Its stdout JSON lines are collected.
 * Payloads are deterministic and cached under ``/var/tmp/torrentfs-bench`` (or
   ``$TORRENTFS_BENCH_CACHE``) with their sha256, so re-runs do not regenerate a gigabyte.
-* ``settle()`` runs before every timed client: dirty pages written back (``sync``) and the
-  machine quiet (under 10% of its CPUs busy for 0.3 s, waiting at most 10 s), so no client pays
-  for the writeback, file deletion or memory reclaim the client before it left behind.
+* ``settle()`` runs before every timed client: the seeder's payload read into the page cache
+  (this VM's DAMON pages out file pages unused for a minute: a seeder would otherwise serve
+  random pieces from disk, and a client would be timed on the seeder's disk latency), dirty
+  pages written back (``sync``) and the machine quiet (under 10% of its CPUs busy for 0.3 s,
+  waiting at most 10 s), so no client pays for the writeback, file deletion or memory reclaim
+  the client before it left behind.
 * Sizes: ``MB`` = 10**6 bytes for rates (as the reference figures in LOOPBACK-SWARMS.md),
   ``MiB``/``GiB`` for sizes.
 """
@@ -265,13 +268,31 @@ def _cpu_times() -> tuple[int, int]:
     return total - idle, total
 
 
-def settle(*, busy_below: float = 0.10, window: float = 0.3, limit: float = 10.0) -> float:
-    """Write back dirty pages and wait until the machine is quiet; the seconds it took.
+def warm_file(path: Path, chunk: int = 8 << 20) -> None:
+    """Read ``path`` once so that its pages are in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        buf = bytearray(chunk)
+        offset = 0
+        while n := os.preadv(fd, [buf], offset):
+            offset += n
+    finally:
+        os.close(fd)
+
+
+def settle(
+    *warm: Path, busy_below: float = 0.10, window: float = 0.3, limit: float = 10.0
+) -> float:
+    """Read the ``warm`` files into the page cache, write back dirty pages and wait until the
+    machine is quiet; the seconds it took.
 
     Quiet: under ``busy_below`` of all CPUs busy over ``window`` seconds. Gives up (and says
     so on stderr) after ``limit`` seconds: a machine busy with other work is measured as is.
     """
     t0 = time.monotonic()
+    for path in warm:
+        warm_file(path)
     os.sync()
     while True:
         busy0, total0 = _cpu_times()

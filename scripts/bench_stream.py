@@ -44,7 +44,8 @@ when other work shares the machine and wall-clock rates do not; the references r
 and leaves one ``.prof`` file per mount in DIR (``python -m pstats`` reads them).
 
 Before every mount and every reference download the machine is let settle (``bench_lib.settle``:
-``sync``, then until it is quiet), so no client pays for the one before it.
+the seeder's payload read into the page cache, ``sync``, then until it is quiet), so no client
+pays for the one before it, nor for the seeder's disk.
 
 References without a mount, on the same swarm set-up: ``torrentfs download`` and ``aria2c``,
 driven exactly as ``bench download`` drives them (its ``measure`` function).
@@ -448,7 +449,7 @@ def with_mount(
         extra_args=["--trust", *SEEDER_ARGS], log_dir=d,
     )  # fmt: skip
     mount = MOUNT_CMDS[client](torrent, source.name, d, next_loopback(), d / "mnt")
-    settle()  # not the previous phase's writeback or freed gigabyte
+    settle(source)  # the seeder's data in memory; not the previous client's writeback
     try:
         seeder.start()
         tracker.wait_seeders(torrent.info_hash)
@@ -720,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                     ok, err = m.ok, m.error
                 else:
                     name = "torrentfs" if client == "download" else client
-                    settle()
+                    settle(payload.root)
                     r = bench_download.measure(name, run, torrent, payload.root, digest, tracker,
                                                work, args.timeout)  # fmt: skip
                     refs.append(r)

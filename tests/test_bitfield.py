@@ -157,3 +157,29 @@ def test_from_bytes_raises_only_protocol_error(size: int, data: bytes) -> None:
     else:
         assert bf.to_bytes() == data
         assert bf.count() == int.from_bytes(data, "big").bit_count()
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_all_in_is_every_bit_of_the_range(data: st.DataObject) -> None:
+    size = data.draw(st.integers(1, 70))
+    bf = Bitfield(size)
+    for i in data.draw(st.sets(st.integers(0, size - 1))):
+        bf.set(i)
+    if data.draw(st.booleans()):  # mostly full fields: the interesting case for a window
+        for i in range(size):
+            if data.draw(st.integers(0, 9)):
+                bf.set(i)
+    start = data.draw(st.integers(0, size))
+    stop = data.draw(st.integers(start, size))
+    assert bf.all_in(start, stop) == all(bf[i] for i in range(start, stop))
+
+
+def test_all_in_checks_its_bounds() -> None:
+    bf = Bitfield(10)
+    bf.set_all()
+    assert bf.all_in(0, 10) and bf.all_in(3, 3) and bf.all_in(9, 10)
+    with pytest.raises(IndexError):
+        bf.all_in(5, 11)
+    with pytest.raises(IndexError):
+        bf.all_in(-1, 3)

@@ -144,6 +144,27 @@ class Bitfield:
     def any(self) -> bool:
         return self._count > 0
 
+    def all_in(self, start: int, stop: int) -> bool:
+        """True when every piece of ``range(start, stop)`` is set (an empty range: True).
+
+        Two masked edge bytes and a C-speed scan of the bytes between: a reader's window of
+        hundreds of pieces is checked on every read without a Python loop over its pieces.
+        """
+        if start >= stop:
+            return True
+        self._check(start)
+        self._check(stop - 1)
+        data = self._data
+        first, last = start >> 3, (stop - 1) >> 3
+        head = 0xFF >> (start & 7)  # the bits of `start` and after it in its byte
+        tail = (0xFF << (7 - ((stop - 1) & 7))) & 0xFF  # the bits up to `stop - 1` in its byte
+        if first == last:
+            mask = head & tail
+            return data[first] & mask == mask
+        if data[first] & head != head or data[last] & tail != tail:
+            return False
+        return _NOT_FULL.search(data, first + 1, last) is None
+
     def to_bytes(self) -> bytes:
         """The BEP 3 ``bitfield`` payload: ``ceil(size / 8)`` bytes, spare bits zero."""
         return bytes(self._data)

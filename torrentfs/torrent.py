@@ -461,8 +461,7 @@ class Torrent:
             self._on_wants_changed()
 
     def _have_all(self, pieces: range) -> bool:
-        have = self.have
-        return all(have[p] for p in pieces)
+        return self.have.all_in(pieces.start, pieces.stop)
 
     def _cancel_unwanted(self, pieces: range, keep: range = range(0)) -> None:
         """Withdraw requests for those of `pieces` nobody wants any more (a seek moved the
@@ -499,7 +498,7 @@ class Torrent:
     def have_range(self, offset: int, length: int) -> bool:
         if length <= 0:
             return True
-        return all(self.have[p] for p in self.geometry.pieces_for_range(offset, length))
+        return self._have_all(self.geometry.pieces_for_range(offset, length))
 
     async def _wait_piece(self, piece: int, *, written: bool = False) -> None:
         """Until `piece` is verified: on disk, or (unless `written`) held in `memory` on its

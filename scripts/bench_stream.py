@@ -31,10 +31,14 @@ For each mounted client and run, two fresh mounts, each with a fresh, empty down
 2. *random*: 20 ``pread`` calls of 64 KiB at random offsets (fixed seed), on one open handle,
    each timed on its own: **median** and **p90**.  The first read also waits for the torrent's
    first connection (an idle torrent has none); with 1 MiB pieces one read of the 20 crosses a
-   piece boundary and waits for two pieces (the report says how many).
+   piece boundary and waits for two pieces (the report says how many);
+3. *small* (only when asked, ``--phases sequential,random,small``): a cold ``dd bs=32K`` (into
+   ``sha256sum``, checked) through a fresh mount: how an app that reads 32 KiB at a time (the
+   coreutils digests) streams - the case ``--direct-io`` trades away (**cold 32K MB/s**, CPU).
 
-``--phases random`` (or ``sequential``) runs one of the two mounts only (the other's figures
-are n/a): quicker rounds while working on one of them.
+``--phases random`` (or ``sequential``) runs one of the mounts only (the other's figures
+are n/a): quicker rounds while working on one of them.  Client ``torrentfs-dio`` is the
+torrentfs mount with ``--direct-io``.
 
 Peak RSS is the kernel's high-water mark (``VmHWM``) of the mount process, the larger of the two
 mounts.  **CPU**: user + system seconds of the mount process (all its threads, from
@@ -98,7 +102,7 @@ from bench_lib import (
     vm_hwm,
 )
 
-MOUNTS = ("torrentfs", "btfs")
+MOUNTS = ("torrentfs", "torrentfs-dio", "btfs")
 REFERENCES = ("download", "aria2c")  # torrentfs download, aria2c
 CLIENTS = MOUNTS + REFERENCES
 TRACKER_PORT = 6969
@@ -111,6 +115,9 @@ MOUNT_ARGS = os.environ.get("BENCH_TORRENTFS_ARGS", "").split()  # e.g. "-v" or 
 TORRENTFS = ROOT / ".venv" / "bin" / "torrentfs"
 PROFILE_DIR: Path | None = None  # set by main(): --profile
 PHASES = ("sequential", "random")  # set by main(): --phases
+ALL_PHASES = ("sequential", "random", "small")
+SMALL_BS = 32 * 1024
+"""The ``small`` phase reads like ``sha256sum`` (coreutils' digest tools read 32 KiB at a time)."""
 
 T = TypeVar("T")
 
@@ -139,6 +146,8 @@ class MountResult:
     cold_cpu: float | None = None  # s, user + system of the mount process during the cold dd
     uncached_seconds: float | None = None  # dd after the file's page cache was dropped
     uncached_cpu: float | None = None  # s, mount process CPU during that dd
+    small_seconds: float | None = None  # cold ``dd bs=32K`` on a fresh mount (``small`` phase)
+    small_cpu: float | None = None  # s, mount process CPU during it
     sha256_ok: bool | None = None
 
     def _rate(self, seconds: float | None) -> float | None:
@@ -155,6 +164,8 @@ class MountResult:
     uncached_rate = property(lambda self: self._rate(self.uncached_seconds))
     cold_cpu_per_gib = property(lambda self: self._per_gib(self.cold_cpu))
     uncached_cpu_per_gib = property(lambda self: self._per_gib(self.uncached_cpu))
+    small_rate = property(lambda self: self._rate(self.small_seconds))
+    small_cpu_per_gib = property(lambda self: self._per_gib(self.small_cpu))
 
     @property
     def random_median(self) -> float | None:
@@ -324,6 +335,15 @@ def torrentfs_mount(torrent: TorrentFile, name: str, d: Path, host: str, mnt: Pa
     return MountProc(cmd, mnt, mnt / name, d / "torrentfs.stderr")
 
 
+def torrentfs_dio_mount(
+    torrent: TorrentFile, name: str, d: Path, host: str, mnt: Path
+) -> MountProc:
+    """The torrentfs mount with ``--direct-io`` (files still downloading skip the page cache)."""
+    mount = torrentfs_mount(torrent, name, d, host, mnt)
+    mount.cmd.append("--direct-io")
+    return mount
+
+
 def btfs_mount(torrent: TorrentFile, name: str, d: Path, host: str, mnt: Path) -> MountProc:
     (d / "data").mkdir(parents=True)
     cmd = ["btfs", "-f", f"--data-directory={d / 'data'}", str(torrent.path), str(mnt)]
@@ -332,12 +352,13 @@ def btfs_mount(torrent: TorrentFile, name: str, d: Path, host: str, mnt: Path) -
 
 MOUNT_CMDS: dict[str, Callable[[TorrentFile, str, Path, str, Path], MountProc]] = {
     "torrentfs": torrentfs_mount,
+    "torrentfs-dio": torrentfs_dio_mount,
     "btfs": btfs_mount,
 }
 
 
 def missing_tool(client: str) -> str | None:
-    if client == "torrentfs" and not TORRENTFS.exists():
+    if client.startswith("torrentfs") and not TORRENTFS.exists():
         return ".venv/bin/torrentfs missing (run scripts/bootstrap)"
     if client == "btfs" and not shutil.which("btfs"):
         return "btfs not installed (Debian package btfs)"
@@ -394,11 +415,13 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def dd(path: Path, timeout: float, mount: MountProc, digest: str | None) -> float:
-    """``dd if=path bs=1M`` (into ``sha256sum`` if ``digest`` is given); its wall seconds."""
+def dd(
+    path: Path, timeout: float, mount: MountProc, digest: str | None, *, bs: int = 1 << 20
+) -> float:
+    """``dd if=path bs=BS`` (into ``sha256sum`` if ``digest`` is given); its wall seconds."""
     t0 = time.monotonic()
     src = subprocess.Popen(
-        ["dd", f"if={path}", "bs=1M", "status=none"] + ([] if digest else ["of=/dev/null"]),
+        ["dd", f"if={path}", f"bs={bs}", "status=none"] + ([] if digest else ["of=/dev/null"]),
         stdout=subprocess.PIPE if digest else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -540,6 +563,19 @@ def measure_mount(
             rss = max(
                 rss, with_mount(client, torrent, source, tracker, rand_dir, timeout, random_reads)
             )
+        phase = "small"
+
+        def small_reads(mount: MountProc, up: float) -> None:
+            guarded(lambda: read_at(mount.file, 0, HEAD), timeout, mount, "first 64 KiB")
+            cpu0 = mount.cpu()
+            res.small_seconds = dd(mount.file, timeout, mount, digest, bs=SMALL_BS)
+            res.small_cpu = mount.cpu() - cpu0
+
+        if "small" in PHASES:
+            small_dir = work / f"{client}-{run}-small"
+            rss = max(
+                rss, with_mount(client, torrent, source, tracker, small_dir, timeout, small_reads)
+            )
         res.ok = True
     except PhaseError as exc:
         res.error = f"{phase}: {exc}"
@@ -549,7 +585,7 @@ def measure_mount(
         res.error = f"{phase}: {exc}"
     res.peak_rss = rss or None
     if res.ok:
-        for sub in ("seq", "rand"):
+        for sub in ("seq", "rand", "small"):
             shutil.rmtree(work / f"{client}-{run}-{sub}" / "data", ignore_errors=True)
     return res
 
@@ -584,6 +620,7 @@ def report(
             ms(r.random_p90), fmt(r.reread_rate, ".0f"), fmt(r.warm_rate, ".0f"),
             fmt(r.cold_cpu_per_gib, ".2f"),
             fmt(r.uncached_rate, ".0f"), fmt(r.uncached_cpu_per_gib, ".2f"),
+            fmt(r.small_rate), fmt(r.small_cpu_per_gib, ".2f"),
             fmt(r.peak_rss / MB if r.peak_rss else None, ".0f"), ms(r.mount_up),
             "ok" if r.ok else (r.error or "failed"),
         ])  # fmt: skip
@@ -592,14 +629,14 @@ def report(
         rows.append([
             name, str(d.run), fmt(d.total_rate), "-", "-", "-", "-", "-",
             fmt(d.cpu_per_gib, ".2f"),
-            "-", "-",
+            "-", "-", "-", "-",
             fmt(d.peak_rss / MB if d.peak_rss and d.ok else None, ".0f"), "-",
             "ok" if d.ok else (d.error or "failed"),
         ])  # fmt: skip
     table = format_table(
         ["client", "run", "cold MB/s", "1st 64K ms", "rand med ms", "rand p90 ms",
          "1st re-read MB/s", "warm MB/s", "CPU s/GiB", "uncached MB/s", "uncached CPU s/GiB",
-         "peak RSS MB", "mount up ms", "result"],
+         "cold 32K MB/s", "32K CPU s/GiB", "peak RSS MB", "mount up ms", "result"],
         rows,
     )  # fmt: skip
 
@@ -663,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     p = swarm_bench_parser(
         __doc__.split("\n\n")[0],
         CLIENTS,
-        "comma list of: torrentfs,btfs (mounts), download (torrentfs download), aria2c",
+        "comma list of: torrentfs,torrentfs-dio,btfs (mounts; torrentfs-dio is the mount with "
+        "--direct-io), download (torrentfs download), aria2c",
         "per read/dd/download, seconds",
     )
     p.add_argument(
@@ -676,13 +714,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--phases",
         default=",".join(PHASES),
-        help="comma list of the mount phases to run: sequential,random (default both)",
+        help="comma list of the mount phases to run: sequential,random (default), small (a "
+        "cold dd bs=32K through a fresh mount: how an app reading 32 KiB at a time streams)",
     )
     args = p.parse_args(argv)
     clients = parse_clients(p, args.clients, CLIENTS)
     phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
-    if not phases or any(x not in ("sequential", "random") for x in phases):
-        p.error(f"--phases: expected sequential and/or random, got {args.phases!r}")
+    if not phases or any(x not in ALL_PHASES for x in phases):
+        p.error(f"--phases: expected some of {','.join(ALL_PHASES)}, got {args.phases!r}")
     try:
         require_isolated_network()
     except HarnessError as exc:
@@ -693,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     PHASES = phases
     if PROFILE_DIR is not None:
         profile_download_reference(PROFILE_DIR)
-    if "torrentfs" in clients:
+    if any(c.startswith("torrentfs") for c in clients):
         FOREGROUND = torrentfs_foreground_flag()
     tracker_url = f"http://127.0.0.1:{TRACKER_PORT}/announce"
     payload, torrent, digest = cached_single_file(
@@ -754,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cold_cpu_s_per_gib": m.cold_cpu_per_gib,
                     "uncached_mb_s": m.uncached_rate,
                     "uncached_cpu_s_per_gib": m.uncached_cpu_per_gib,
+                    "small_mb_s": m.small_rate,
+                    "small_cpu_s_per_gib": m.small_cpu_per_gib,
                 }
                 for m in mounts
             ],

@@ -274,6 +274,47 @@ def test_random_preads_dd_and_mmap_on_a_multi_file_torrent(
         assert mm[MiB - 5 : MiB + 5] == sources["a/one.bin"][MiB - 5 : MiB + 5]
 
 
+def test_direct_io_serves_files_still_downloading_without_the_page_cache(
+    tmp_path: Path, tracker: Opentracker, lt_seeder_factory: PeerFactory, mount_factory: Any
+) -> None:
+    """``--direct-io``: a file not yet complete is opened with FOPEN_DIRECT_IO (the kernel then
+    refuses a shared map, ENODEV: the observable sign), reads of any size and a private map
+    give the source's bytes, and a file complete when opened is back on the page cache."""
+    payload, torrent, _ = seeded(
+        tmp_path, tracker, lt_seeder_factory, SPANNING, piece_length=256 * 1024, name="span"
+    )
+    m = mount_factory("--read-timeout", "30", "--direct-io")
+    m.add(torrent)
+    top = m.wait_entry("span")
+    sources = {rel: (payload.root / rel).read_bytes() for rel, _ in SPANNING}
+    with (top / "a/two.bin").open("rb") as f:
+        with pytest.raises(OSError) as refused:
+            mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        assert refused.value.errno == errno.ENODEV
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+            assert mm[MiB - 5 : MiB + 5] == sources["a/two.bin"][MiB - 5 : MiB + 5]
+        source = sources["a/two.bin"]
+        got = bytearray()
+        while chunk := os.read(f.fileno(), 32 * 1024):  # sha256sum's read size
+            got += chunk
+        assert got == source
+        rng = random.Random(7)
+        for _ in range(50):
+            off, size = rng.randrange(0, len(source) + 10), rng.choice([1, 4096, 300_000, 2 * MiB])
+            assert os.pread(f.fileno(), size, off) == source[off : off + size]
+    dd = subprocess.run(
+        ["dd", f"if={top / 'a/one.bin'}", "bs=1M", "status=none"], capture_output=True, check=True
+    )
+    assert dd.stdout == sources["a/one.bin"]
+    out = subprocess.run(["sha256sum", str(top / "b/three.bin")], capture_output=True, check=True)
+    assert out.stdout.split()[0].decode() == sha256_file(payload.root / "b/three.bin")
+    assert (top / "b/empty").read_bytes() == b""
+    # Complete now: a new handle uses the page cache again, so a shared map works.
+    with (top / "a/one.bin").open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:] == sources["a/one.bin"]
+    assert "Traceback" not in m.log()
+
+
 def sparse_payload(directory: Path, size: int, name: str, dense: int = 24 * MiB) -> Payload:
     """A ``size``-byte file that is data only in its first and last ``dense`` bytes, holes
     (zeros) between: a 1 GiB torrent that costs ~2 x ``dense`` of disk and hashing time."""

@@ -176,6 +176,12 @@ def build_mount_parser() -> argparse.ArgumentParser:
                    help="leave downloaded data in the page cache (default: write it behind and "
                    "drop it once every reader is past it; a file streamed while it downloads "
                    "keeps only its last pages in the mount's page cache)")  # fmt: skip
+    p.add_argument("--direct-io", action="store_true",
+                   help="files still downloading bypass the kernel's page cache (FUSE direct "
+                   "I/O): less CPU per GiB for large sequential reads (dd bs=1M, players), "
+                   "but every read of the app is one round trip (slow for 32K readers such as "
+                   "sha256sum) and shared mmap of such a file fails with ENODEV; complete "
+                   "files always use the page cache")  # fmt: skip
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options, comma-separated: any setting as key=value, FUSE options "
                    "(allow_other, default_permissions, max_read=N...), generic mount options "
@@ -400,6 +406,7 @@ async def run_mount(
             session,
             read_timeout=args.read_timeout,
             readahead=readahead,
+            direct_io=args.direct_io,
         )
         mount = Mount(
             ops, args.mountpoint.expanduser(), fuse_opts, kernel_readahead=args.kernel_readahead

@@ -10,7 +10,7 @@ import trio
 from torrentfs.errors import ReadTimeout, TorrentRemoved
 from torrentfs.picker import Priority
 from torrentfs.readahead import MiB, ReadaheadPolicy
-from torrentfs.reader import Reader, ReaderClosed
+from torrentfs.reader import SEQUENTIAL_CHUNK, Reader, ReaderClosed
 
 
 class FakeWant:
@@ -200,3 +200,32 @@ async def test_the_kernels_immediate_retry_of_a_timed_out_range_fails_at_once(
     with pytest.raises(ReadTimeout):
         await r.read(4096, 4096)  # later: a real new attempt
     assert len(engine.reads) == calls + 1
+
+
+async def test_small_sequential_reads_take_a_verified_chunk_at_once() -> None:
+    engine = FakeTorrent(DATA)
+    r = make_reader(engine, 1000, 3 * MiB)
+    got = bytearray()
+    for off in range(0, 2 * MiB, 32 * 1024):
+        got += await r.read(off, 32 * 1024)
+    assert got == DATA[1000 : 1000 + 2 * MiB]
+    # The first read is exact (no run yet); each later chunk serves 32 reads.
+    assert engine.reads[0] == (1000, 32 * 1024)
+    assert all(n == SEQUENTIAL_CHUNK for _, n in engine.reads[1:])
+    assert len(engine.reads) == 1 + -(-(2 * MiB - 32 * 1024) // SEQUENTIAL_CHUNK)
+    # A seek ends the run: the read is exact again, even inside the chunk held.
+    assert await r.read(100, 10) == DATA[1100:1110]
+    assert engine.reads[-1] == (1100, 10)
+
+
+async def test_small_sequential_reads_never_wait_for_bytes_not_asked() -> None:
+    engine = FakeTorrent(DATA)
+    engine.missing = [(1000 + 200 * 1024, 1000 + 300 * 1024)]
+    r = make_reader(engine, 1000, 3 * MiB)
+    assert await r.read(0, 4096) == DATA[1000:5096]
+    with trio.fail_after(1):  # a chunk would reach the missing bytes: the read stays exact
+        assert await r.read(4096, 4096) == DATA[5096:9192]
+    assert engine.reads == [(1000, 4096), (5096, 4096)]
+    r.release()
+    with pytest.raises(ReaderClosed):
+        await r.read(8192, 4096)

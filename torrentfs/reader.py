@@ -15,6 +15,11 @@ What a `Reader` guarantees, and why (DESIGN.md §3 rules 4-6, §5):
   reads, is sized from the observed download rate (seconds of data ahead, within the policy's
   bounds), tolerates the kernel's out-of-order readahead, and jumps with a seek. The handle's
   ahead want is updated in place, so a seek stops the old range being requested at once.
+* **Small sequential reads cost one engine read per MiB, not one each.** With ``--direct-io``
+  the kernel hands over the app's own reads (``sha256sum`` reads 32 KiB at a time), each one a
+  round trip that, from the disk, also costs a worker-thread hop. A read that continues the
+  handle's run fetches up to `SEQUENTIAL_CHUNK` bytes at once *if all of them are already
+  verified* (never waiting for more than was asked) and answers the next reads from that copy.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ class EngineTorrent(Protocol):
     def close_handle(self) -> None: ...
 
 
+SEQUENTIAL_CHUNK = 1 << 20
+"""Bytes a handle fetches at once for a small sequential read, if all of them are verified."""
+
+
 class Reader:
     """One open handle on one file of a torrent. Not shared between handles.
 
@@ -96,6 +105,12 @@ class Reader:
         """Whether this handle is counted in the torrent's open handles (`start`)."""
         self._failed: tuple[int, int, float] | None = None
         """(start, end, when) of the last read that timed out (see `read`)."""
+        self._next = -1
+        """Where the last read ended: a read starting there continues a sequential run."""
+        self._chunk = b""
+        self._chunk_at = 0
+        """Verified bytes ``[_chunk_at, _chunk_at + len(_chunk))`` of the file fetched past a
+        small sequential read (`SEQUENTIAL_CHUNK`), serving the next reads without the engine."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,6 +146,7 @@ class Reader:
                 want.drop()
         self._window_want = None
         self._edge_wants = []
+        self._chunk = b""
 
     # ------------------------------------------------------------------ reading
 
@@ -158,9 +174,21 @@ class Reader:
         ):
             raise ReadTimeout(f"{self.name}: offset {offset}: still unavailable")
         self._advance_window(offset, size)
+        sequential, self._next = offset == self._next, offset + size
+        at = offset - self._chunk_at
+        if sequential and at >= 0 and at + size <= len(self._chunk):
+            return self._chunk[at : at + size]
+        fetch = size
+        if sequential and size < SEQUENTIAL_CHUNK:
+            # A small sequential read (direct I/O hands us the app's own 32 KiB reads; the
+            # kernel's readahead is not there to batch them): take up to a chunk that is
+            # already verified in one engine read, and answer the next reads from it.
+            more = min(SEQUENTIAL_CHUNK, self.file_length - offset)
+            if more > size and self.torrent.have_range(self.file_offset + offset, more):
+                fetch = more
         try:
             data = await self.torrent.read(
-                self.file_offset + offset, size, timeout=self.read_timeout
+                self.file_offset + offset, fetch, timeout=self.read_timeout
             )
         except ReadTimeout as exc:
             self._failed = (offset, offset + size, self._clock())
@@ -173,11 +201,14 @@ class Reader:
                 exc,
             )
             raise
-        if len(data) != size:
+        if len(data) != fetch:
             raise StorageError(
-                f"{self.name}: engine returned {len(data)} bytes for a {size}-byte read", errno=5
+                f"{self.name}: engine returned {len(data)} bytes for a {fetch}-byte read", errno=5
             )
-        return data
+        if fetch == size:
+            return data
+        self._chunk, self._chunk_at = bytes(data), offset
+        return self._chunk[:size]
 
     def _advance_window(self, offset: int, size: int) -> None:
         window = self.window.on_read(offset, size, self._clock(), self._rate())

@@ -23,7 +23,13 @@ from typing import Protocol
 
 from torrentfs.errors import StorageError
 
-__all__ = ["MemoryStore", "PieceStore", "Presence", "StoreClosed"]
+__all__ = ["MemoryStore", "PieceStore", "Presence", "StoreClosed", "check_piece_length"]
+
+
+def check_piece_length(piece: int, size: int, data: bytes | bytearray) -> None:
+    """A store is handed whole pieces only: ``ValueError`` if `data` is not `size` bytes."""
+    if len(data) != size:
+        raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
 
 
 class StoreClosed(StorageError):
@@ -186,9 +192,7 @@ class MemoryStore:
 
     async def write_piece(self, piece: int, data: bytes) -> None:
         self._check_open()
-        size = self.piece_size(piece)
-        if len(data) != size:
-            raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
+        check_piece_length(piece, self.piece_size(piece), data)
         self._pieces[piece] = bytes(data)
 
     async def write_verified(
@@ -198,8 +202,7 @@ class MemoryStore:
         expected: bytes,
         on_match: Callable[[], None] | None = None,
     ) -> bool:
-        if len(data) != self.piece_size(piece):
-            raise ValueError(f"piece {piece} is {self.piece_size(piece)} bytes, got {len(data)}")
+        check_piece_length(piece, self.piece_size(piece), data)
         if hashlib.sha1(data).digest() != expected:
             return False
         if on_match is not None:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -63,7 +64,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import trio
 
 from torrentfs.errors import StorageError
-from torrentfs.storage.base import Presence, StoreClosed
+from torrentfs.storage.base import Presence, StoreClosed, check_piece_length
 
 if TYPE_CHECKING:
     from torrentfs.metainfo import FileEntry, Metainfo
@@ -384,9 +385,7 @@ class FileStore:
         return await trio.to_thread.run_sync(self._read_runs, runs, length)
 
     async def write_piece(self, piece: int, data: bytes) -> None:
-        size = self._geometry.piece_size(piece)
-        if len(data) != size:
-            raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
+        check_piece_length(piece, self._geometry.piece_size(piece), data)
         await trio.to_thread.run_sync(self._write_runs, self._piece_runs(piece), data)
 
     async def write_verified(
@@ -396,20 +395,22 @@ class FileStore:
         expected: bytes,
         on_match: Callable[[], None] | None = None,
     ) -> bool:
-        size = self._geometry.piece_size(piece)
-        if len(data) != size:
-            raise ValueError(f"piece {piece} is {size} bytes, got {len(data)}")
+        check_piece_length(piece, self._geometry.piece_size(piece), data)
         runs = self._piece_runs(piece)
-        token = trio.lowlevel.current_trio_token() if on_match is not None else None
+        notify = (
+            functools.partial(trio.lowlevel.current_trio_token().run_sync_soon, on_match)
+            if on_match is not None
+            else None
+        )
 
         def hash_then_write() -> bool:  # one worker-thread hop for both
             if hashlib.sha1(data).digest() != expected:
                 return False
-            if token is not None and on_match is not None:
+            if notify is not None:
                 # Queued on the trio thread ahead of this hop's own completion: it runs while
                 # the bytes go to disk. (A run that ended meanwhile has no reader left.)
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(on_match)
+                    notify()
             self._write_runs(runs, data)
             return True
 
